@@ -1,0 +1,171 @@
+"""The epoch loop, written to read like the recipe: batches in, loss down, metrics out.
+
+It knows nothing about files: the trainer hands it a module, a batch source (images or cached
+features) and a function that turns a raw batch into the module's input on the device.
+Data order comes from a generator seeded by (seed, epoch), so a resumed epoch replays the
+same batches without having saved any sampler state.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+AUX_LOSS_WEIGHT = 0.4  # torchvision's reference weight for Inception/GoogLeNet auxiliary heads
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, epoch: int, step: int, value: float):
+        super().__init__(f"loss became {value} at epoch {epoch + 1}, step {step}; lower --lr, "
+                         "check the data for broken values, or use --amp off")
+        self.epoch, self.step = epoch, step
+
+
+def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 31 + salt)
+
+
+@dataclass
+class Batches:
+    """Index batches over a source that has ``labels`` and ``batch(index)``."""
+
+    source: object
+    batch_size: int
+    shuffle: bool = False
+    seed: int = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.source.labels) / self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        n = len(self.source.labels)
+        return torch.randperm(n, generator=epoch_generator(self.seed, epoch)) if self.shuffle else torch.arange(n)
+
+    def __call__(self, epoch: int, start: int = 0):
+        order = self.order(epoch)
+        for b in range(start, len(self)):
+            index = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield b, index, self.source.batch(index), self.source.labels[index]
+
+
+def split_outputs(out):
+    """Main logits plus auxiliary logits (Inception/GoogLeNet in train mode return a tuple)."""
+    if isinstance(out, torch.Tensor):
+        return out, []
+    return out[0], [a for a in out[1:] if a is not None]
+
+
+def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """bf16 where the GPU has it, else fp16 (with a gradient scaler); never on the CPU."""
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast_for(dtype: torch.dtype | None):
+    return nullcontext if dtype is None else (lambda: torch.autocast("cuda", dtype=dtype))
+
+
+@dataclass
+class StepState:
+    """Where training stands; saved in checkpoints."""
+
+    epoch: int = 0
+    batch: int = 0          # batches of this epoch already done
+    global_step: int = 0    # optimizer steps so far
+    sums: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "n": 0})
+
+
+def train_one_epoch(module, batches: Batches, to_input: Callable, optimizer, scheduler, state: StepState, *,
+                    set_train: Callable, label_smoothing: float = 0.0, accumulate: int = 1,
+                    autocast=nullcontext, scaler=None, on_step: Callable | None = None, progress=None) -> dict:
+    set_train()
+    device_loss = None
+    start_time, start_n = time.perf_counter(), state.sums["n"]
+    bar = progress(total=len(batches), initial=state.batch, desc=f"epoch {state.epoch + 1}", unit="batch") if progress else None
+    for b, index, raw, target in batches(state.epoch, start=state.batch):
+        optimizer.zero_grad(set_to_none=True)
+        x_all, y_all = to_input(raw, state, b), target.to(next(module.parameters()).device, non_blocking=True)
+        batch_n = len(y_all)
+        for x, y in zip(x_all.tensor_split(accumulate), y_all.tensor_split(accumulate)):
+            if len(y) == 0:
+                continue
+            with autocast():
+                logits, aux = split_outputs(module(x))
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                for extra in aux:
+                    loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(extra.float(), y, label_smoothing=label_smoothing)
+            weighted = loss * (len(y) / batch_n)
+            (scaler.scale(weighted) if scaler else weighted).backward()
+            device_loss = loss.detach() * len(y) if device_loss is None else device_loss + loss.detach() * len(y)
+            state.sums["correct"] += int((logits.argmax(1) == y).sum())
+        value = float(device_loss) / max(1, batch_n)
+        if not math.isfinite(value):
+            raise NonFiniteLoss(state.epoch, state.global_step + 1, value)
+        state.sums["loss"] += float(device_loss)
+        device_loss = None
+        state.sums["n"] += batch_n
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        state.batch, state.global_step = b + 1, state.global_step + 1
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{state.sums['loss'] / state.sums['n']:.4f}",
+                            acc=f"{state.sums['correct'] / state.sums['n']:.3f}")
+        if on_step:
+            on_step(state)
+    if bar:
+        bar.close()
+    seconds = time.perf_counter() - start_time
+    n = max(1, state.sums["n"])
+    return {"train_loss": state.sums["loss"] / n, "train_acc": state.sums["correct"] / n,
+            "seconds": seconds, "images_per_s": (state.sums["n"] - start_n) / max(seconds, 1e-9)}
+
+
+@torch.inference_mode()
+def predict_logits(module, batches: Batches, to_input: Callable, autocast=nullcontext, progress=None, desc="eval"):
+    """All logits and labels of a batch source, in order, on the CPU."""
+    module.eval()
+    outs, labels = [], []
+    bar = progress(total=len(batches), desc=desc, unit="batch") if progress else None
+    for b, _index, raw, target in batches(0):
+        with autocast():
+            logits, _ = split_outputs(module(to_input(raw, None, b)))
+        outs.append(logits.float().cpu())
+        labels.append(target)
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+    if not outs:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """LR multiplier: linear warm-up to 1, then cosine to 0 (fine-tuning's usual schedule)."""
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def make_optimizer(name: str, groups, lr: float):
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr)

@@ -1,0 +1,73 @@
+"""``transferkit eval``: score a finished run on a split of its data (or of other data)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from transferkit.dataspec import load_data
+from transferkit.devices import pick_device, uses_convolutions
+from transferkit.engine import Batches, predict_logits
+from transferkit.errors import UserError
+from transferkit.metrics import score
+from transferkit.rundir import load_run
+from transferkit.safeio import write_json_atomic
+from transferkit.trainer import METRIC_COLUMNS
+from transferkit.transforms import prepare
+
+
+def class_index_map(data_classes: list[str], run_classes: list[str]) -> torch.Tensor:
+    """Data label -> run label, by class name: the run's mapping wins even if folders changed."""
+    unknown = [c for c in data_classes if c not in run_classes]
+    if unknown:
+        raise UserError(f"the data has {len(data_classes)} classes, the run {len(run_classes)}; "
+                        f"classes unknown to the run: {', '.join(unknown[:5])}")
+    return torch.tensor([run_classes.index(c) for c in data_classes], dtype=torch.long)
+
+
+def evaluate_run(run_dir: str, data: str | None = None, split: str = "test", device: str = "auto",
+                 batch_size: int = 128, progress=None, max_pixels: int | None = None) -> dict:
+    tm, pre, classes, run = load_run(run_dir)
+    spec = data or run["config"]["data"]
+    splits = load_data(spec, run["config"].get("seed", 0))
+    mapping = class_index_map(splits.classes, classes)
+    imageset = splits.split(split)
+    if hasattr(imageset, "decode"):
+        imageset, bad = imageset.decode(pre.size, pre.interpolation, skip_bad=False,
+                                        max_pixels=max_pixels or run["config"].get("max_pixels", 89_478_485))
+        if imageset is None:
+            raise UserError(f"{len(bad)} unusable image(s): " + "; ".join(f"{b.path} ({b.reason})" for b in bad[:10]))
+    dev = pick_device(device)
+    net = tm.net.to(dev)
+    channels_last = uses_convolutions(net)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    logits, labels = predict_logits(net, Batches(imageset, batch_size),
+                                    lambda raw, _s, _b: prepare(raw, pre, dev, channels_last),
+                                    progress=progress, desc=f"eval {split}")
+    result = score(logits, mapping[labels], classes)
+    result.update({"split": split, "data": spec, "run": str(run_dir)})
+    write_json_atomic(Path(run_dir) / "eval" / f"{split}.json", result)
+    _append_metrics_row(Path(run_dir), split, result)
+    return result
+
+
+def _append_metrics_row(run_dir: Path, split: str, result: dict) -> None:
+    import csv
+
+    path = run_dir / "metrics.csv"
+    new = not path.exists()
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({"epoch": f"eval:{split}", "val_loss": round(result["loss"], 6),
+                         "val_acc": round(result["top1"], 6), "val_top5": round(result["top5"], 6)})
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{result['split']}: top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  loss {result['loss']:.4f}  "
+             f"n {result['n']}", "", f"{'class':<24}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for name, s in result["per_class"].items():
+        lines.append(f"{name[:23]:<24}{s['precision']:>10.4f}{s['recall']:>10.4f}{s['f1']:>10.4f}{s['support']:>10}")
+    return "\n".join(lines)

@@ -1,0 +1,227 @@
+"""``transferkit train``: config -> data -> model -> (cache) -> epochs -> run directory.
+
+Every epoch ends with ``checkpoints/last.pt`` (exact-resume state) and, when validation
+accuracy improved, ``checkpoints/best.safetensors``; the finished run's ``model.safetensors``
+is the best epoch's weights. SIGINT/SIGTERM during training write a checkpoint and stop.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import random
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferkit import checkpoint as ckpt
+from transferkit.config import TrainConfig
+from transferkit.dataspec import load_data
+from transferkit.devices import auto_batch_size, pick_device
+from transferkit.engine import (Batches, NonFiniteLoss, StepState, amp_dtype, autocast_for, make_optimizer, predict_logits,
+                                train_one_epoch, warmup_cosine)
+from transferkit.errors import UserError
+from transferkit.fastpath import choose_path
+from transferkit.freeze import apply_freeze, param_groups, plan_freeze, train_mode
+from transferkit.metrics import score
+from transferkit.modeling import create_model
+from transferkit.progress import log, make_progress
+from transferkit.rundir import versions
+from transferkit.safeio import check_torch_version, save_safetensors_atomic, write_json_atomic, write_text_atomic
+from transferkit.shapecheck import check_shapes
+from transferkit.transforms import Preprocess, prepare
+from transferkit.usercode import copy_into_run, is_user_spec
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "seconds", "images_per_s"]
+
+
+class Interrupted(Exception):
+    def __init__(self, run_dir: Path):
+        super().__init__(f"interrupted; checkpoint saved. Resume with: transferkit train --out {run_dir} --resume")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def decode_files(sets: dict, pre: Preprocess, cfg: TrainConfig, progress) -> dict:
+    """Turn file-backed splits into uint8 tensors; stop on broken files unless --skip-bad."""
+    out, dropped = {}, []
+    for name, imageset in sets.items():
+        if not hasattr(imageset, "decode"):
+            out[name] = imageset
+            continue
+        decoded, bad = imageset.decode(pre.size, pre.interpolation, cfg.skip_bad, cfg.max_pixels,
+                                       progress=lambda it, total: progress(it, total=total, desc=f"decoding {name}", unit="img"))
+        if decoded is None:
+            listing = "; ".join(f"{b.path} ({b.reason})" for b in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+            raise UserError(f"{len(bad)} unusable image(s), nothing trained: {listing}. "
+                            "Fix or remove them, or pass --skip-bad to drop them")
+        dropped += bad
+        out[name] = decoded
+    if dropped:
+        log(f"--skip-bad: dropped {len(dropped)} unusable image(s), e.g. {dropped[0].path} ({dropped[0].reason})")
+    return out
+
+
+def _metrics_csv(history: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def _prepare_run_dir(cfg: TrainConfig) -> Path:
+    run_dir = Path(cfg.out or f"runs/{Path(cfg.model).stem.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not cfg.resume and (run_dir / "run.json").exists() or (not cfg.resume and (run_dir / "checkpoints").exists()):
+        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def train(cfg: TrainConfig) -> dict:
+    check_torch_version()
+    resume_state = None
+    run_dir = _prepare_run_dir(cfg)
+    if cfg.resume:
+        resume_state = ckpt.load_checkpoint(run_dir)
+        keep = {"resume": True, "quiet": cfg.quiet, "out": str(run_dir)}
+        cfg = TrainConfig(**{**resume_state["config"], **keep})
+    progress = make_progress(cfg.quiet)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    precision = amp_dtype(device, cfg.amp)
+    autocast = autocast_for(precision)
+
+    splits = load_data(cfg.data, cfg.seed)
+    model_spec, head_spec = cfg.model, cfg.head
+    if resume_state:
+        tm = create_model(resume_state["model_spec"], len(splits.classes), "none", resume_state["head_spec"])
+        for key, value in resume_state["backbone"].items():
+            setattr(tm.info, key, value)
+    else:
+        tm = create_model(cfg.model, len(splits.classes), cfg.weights, cfg.head)
+        model_spec = copy_into_run(cfg.model, run_dir) if is_user_spec(cfg.model) else cfg.model
+        head_spec = copy_into_run(cfg.head, run_dir) if is_user_spec(cfg.head) else cfg.head
+    if resume_state and len(resume_state["classes"]) != len(splits.classes):
+        raise UserError(f"the checkpoint has {len(resume_state['classes'])} classes, the data {len(splits.classes)}")
+    pre = Preprocess(cfg.image_size or tm.info.input_size, tm.info.mean, tm.info.std, tm.info.interpolation)
+    plan = plan_freeze(tm.net, tm.layout, cfg.freeze)
+    frozen = apply_freeze(tm.net, tm.layout, plan)
+    tm.net.to(device)
+
+    sets = {n: s for n, s in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if s is not None}
+    sets = decode_files(sets, pre, cfg, progress)
+    if len(sets["train"]) == 0:
+        raise UserError(f"data '{cfg.data}' has no training images")
+    check_shapes(tm.net, prepare(sets["train"].batch(torch.arange(min(2, len(sets["train"])))), pre, device),
+                 len(splits.classes))
+    path = choose_path(cfg, tm, plan, sets, pre, device, autocast, progress)
+    log(path.message)
+
+    sample = path.to_input(path.sources["train"].batch(torch.arange(1)), None, 0)
+    batch_size = (auto_batch_size(path.module, tuple(sample.shape[1:]), device, autocast, len(path.sources["train"]))
+                  if cfg.batch_size == "auto" else int(cfg.batch_size))
+    train_batches = Batches(path.sources["train"], batch_size, shuffle=True, seed=cfg.seed)
+    eval_batch = max(batch_size, 256 if path.cached else batch_size)
+    val_batches = Batches(path.sources["val"], eval_batch)
+    lr = float(cfg.lr)
+    optimizer = make_optimizer(cfg.optimizer, param_groups(tm.net, tm.layout, lr, cfg.weight_decay, cfg.backbone_lr_scale), lr)
+    total = cfg.epochs * len(train_batches)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(cfg.warmup_epochs * len(train_batches))))
+    scaler = torch.amp.GradScaler("cuda") if precision == torch.float16 else None
+
+    state, history, best = StepState(), [], {"val_acc": -1.0, "epoch": None}
+    if resume_state:
+        tm.net.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        if scaler and resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        state = StepState(**resume_state["state"])
+        history, best = resume_state["history"], resume_state["best"]
+        ckpt.set_rng_state(resume_state["rng"])
+        log(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch}")
+
+    backbone_json = tm.info.to_json()
+
+    def save_last():
+        ckpt.save_checkpoint(run_dir, {
+            "model": tm.net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None, "state": asdict(state), "rng": ckpt.rng_state(),
+            "history": history, "best": best, "config": cfg.to_json(), "classes": splits.classes,
+            "model_spec": model_spec, "head_spec": head_spec, "backbone": backbone_json})
+
+    stop = {"requested": False}
+
+    def on_step(current: StepState):
+        if stop["requested"]:
+            save_last()
+            raise Interrupted(run_dir)
+        if cfg.checkpoint_every and current.global_step % cfg.checkpoint_every == 0:
+            save_last()
+
+    def on_signal(signum, _frame):
+        stop["requested"] = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while state.epoch < cfg.epochs:
+            if state.batch >= len(train_batches):
+                state.epoch, state.batch, state.sums = state.epoch + 1, 0, {"loss": 0.0, "correct": 0, "n": 0}
+                continue
+            lr_now = optimizer.param_groups[-1]["lr"]
+            result = train_one_epoch(path.module, train_batches, path.to_input, optimizer, scheduler, state,
+                                     set_train=lambda: train_mode(path.module, frozen), label_smoothing=cfg.label_smoothing,
+                                     accumulate=cfg.accumulate, autocast=autocast, scaler=scaler, on_step=on_step,
+                                     progress=progress)
+            logits, labels = predict_logits(path.module, val_batches, path.to_input, autocast)
+            val = score(logits, labels, splits.classes)
+            row = {"epoch": state.epoch + 1, **{k: round(v, 6) for k, v in result.items()},
+                   "val_loss": round(val["loss"], 6), "val_acc": round(val["top1"], 6), "val_top5": round(val["top5"], 6),
+                   "lr": lr_now}
+            history.append(row)
+            log(f"epoch {row['epoch']}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+                f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | {row['images_per_s']:.0f} img/s")
+            if val["top1"] > best["val_acc"]:
+                best = {"val_acc": val["top1"], "epoch": state.epoch + 1}
+                ckpt.save_best(run_dir, tm.net.state_dict())
+            state.epoch, state.batch, state.sums = state.epoch + 1, 0, {"loss": 0.0, "correct": 0, "n": 0}
+            save_last()
+            write_text_atomic(run_dir / "metrics.csv", _metrics_csv(history))
+            if stop["requested"]:
+                raise Interrupted(run_dir)
+    except NonFiniteLoss as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    from safetensors.torch import load_file
+
+    best_state = load_file(str(run_dir / "checkpoints" / "best.safetensors"))
+    tm.net.load_state_dict(best_state)
+    save_safetensors_atomic(best_state, run_dir / "model.safetensors")
+    test_name = "test" if "test" in path.sources else "val"
+    logits, labels = predict_logits(path.module, Batches(path.sources[test_name], eval_batch), path.to_input, autocast,
+                                    progress=progress, desc=f"scoring {test_name}")
+    final = score(logits, labels, splits.classes)
+    run = {
+        "format": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": cfg.to_json(), "classes": splits.classes,
+        "model": {"name": model_spec, "head": head_spec, "num_classes": len(splits.classes)},
+        "backbone": dict(backbone_json, name=model_spec), "preprocess": pre.to_json(),
+        "freeze": {"spec": cfg.freeze, "cut": plan.cut}, "feature_cache": path.message,
+        "data": {"spec": cfg.data, **{n: len(s) for n, s in sets.items()}},
+        "best_epoch": best["epoch"], "metrics": {"split": test_name, **{k: final[k] for k in ("top1", "top5", "loss", "n", "ece")}},
+        "versions": versions(),
+    }
+    write_json_atomic(run_dir / "run.json", run)
+    write_json_atomic(run_dir / "confusion_matrix.json", {"split": test_name, "classes": splits.classes,
+                                                           "matrix": final["confusion_matrix"]})
+    return {"run_dir": str(run_dir), "metrics": final, "split": test_name, "best_epoch": best["epoch"], "cached": path.cached}
