@@ -68,6 +68,13 @@ def register_backbone(name: str, *, input_size: int = 224, mean=IMAGENET_MEAN, s
     return wrap
 
 
+def registered_names() -> list[str]:
+    from transferkit.plugins import load_entry_points
+
+    load_entry_points()
+    return sorted(_REGISTRY)
+
+
 def torchvision_names() -> list[str]:
     import torchvision.models as tvm
 
@@ -77,7 +84,7 @@ def torchvision_names() -> list[str]:
 def classify_name(name: str) -> str:
     if name in PACKAGED:
         return "packaged"
-    if name in _REGISTRY:
+    if name in registered_names():
         return "registered"
     if name.startswith("timm/"):
         return "timm"

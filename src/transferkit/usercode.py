@@ -24,10 +24,11 @@ def parse_spec(spec: str) -> tuple[Path, str]:
     return Path(path).expanduser(), cls
 
 
-def load_class(spec: str):
-    path, cls_name = parse_spec(spec)
-    if not path.is_file():
-        raise UserError(f"{spec}: file {path} not found")
+def load_module(path: str | Path):
+    """Import a Python file by path (runs it); the same content is imported once."""
+    path = Path(path).expanduser()
+    if not path.is_file() or path.suffix != ".py":
+        raise UserError(f"{path}: not an existing .py file")
     # A name derived from the file's content: two different files never shadow each other.
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     module_name = f"transferkit_user_{path.stem}_{digest}"
@@ -41,6 +42,14 @@ def load_class(spec: str):
         except Exception as exc:
             del sys.modules[module_name]
             raise UserError(f"{path} failed to import: {type(exc).__name__}: {exc}") from None
+    return module
+
+
+def load_class(spec: str):
+    path, cls_name = parse_spec(spec)
+    if not path.is_file():
+        raise UserError(f"{spec}: file {path} not found")
+    module = load_module(path)
     if not hasattr(module, cls_name):
         raise UserError(f"{path} has no class '{cls_name}'")
     return getattr(module, cls_name)
