@@ -5,21 +5,28 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test data clean
+.PHONY: setup demo test data browser clean
 
-setup: $(VENV)/.installed data
+setup: $(VENV)/.installed data browser
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch torchvision
-	$(PIP) install -q -c constraints.txt -e '.[dev,lite,report]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,lite,report,tensorboard,export,serve]'
 	touch $@
 
 # Fashion-MNIST ships as a Debian package; without apt the code falls back to the official download.
 data:
 	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; \
+	fi
+
+# Headless Chromium renders report.html in the tests, and chromedriver drives the serve page;
+# without apt as root those tests skip and say why.
+browser:
+	@if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1) || echo "chromium not installed: browser tests will skip"; \
 	fi
 
 demo: setup

@@ -55,3 +55,36 @@ def tiny_run(tmp_path, image_folder) -> Path:
     out = tmp_path / "run"
     assert main(["train", "--data", str(image_folder), "--out", str(out), *TINY_TRAIN]) == 0
     return out
+
+
+def fresh_process() -> None:
+    """Forget registered backbone names and imported user files, as a new `transferkit` process would."""
+    import sys
+
+    from transferkit import backbones, plugins
+
+    backbones._REGISTRY.clear()
+    backbones._PREPROCESS.clear()
+    for name in [m for m in sys.modules if m.startswith("transferkit_user_")]:
+        del sys.modules[name]
+    plugins.load_entry_points.cache_clear()
+
+
+@pytest.fixture
+def isolated_registry():
+    """Registered names, plugin modules and the entry-point scan are put back after the test."""
+    import sys
+
+    from transferkit import backbones, plugins
+
+    saved = dict(backbones._REGISTRY), dict(backbones._PREPROCESS), set(sys.modules)
+    plugins.load_entry_points.cache_clear()
+    yield
+    backbones._REGISTRY.clear()
+    backbones._REGISTRY.update(saved[0])
+    backbones._PREPROCESS.clear()
+    backbones._PREPROCESS.update(saved[1])
+    for name in set(sys.modules) - saved[2]:
+        if name.startswith("transferkit_user_"):
+            del sys.modules[name]
+    plugins.load_entry_points.cache_clear()

@@ -57,11 +57,19 @@ class BackboneInfo:
 _REGISTRY: dict[str, Callable] = {}
 
 
+# name -> the preprocessing given to register_backbone (input size, mean, std).
+_PREPROCESS: dict[str, dict] = {}
+
+
 def register_backbone(name: str, *, input_size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Decorator: make ``--model name`` build ``factory(num_classes=1000)`` (a user's nn.Module)."""
+    """Decorator: make ``--model name`` build ``factory(num_classes=N)`` (a user's nn.Module).
+
+    ``input_size``, ``mean`` and ``std`` are what the model expects (stored in the run). The
+    model's last ``nn.Linear`` is its classifier: trained even with ``--freeze backbone``.
+    """
 
     def wrap(factory):
-        factory._transferkit_pre = dict(input_size=input_size, mean=tuple(mean), std=tuple(std))
+        _PREPROCESS[name] = dict(input_size=int(input_size), mean=tuple(mean), std=tuple(std))
         _REGISTRY[name] = factory
         return factory
 
@@ -114,6 +122,9 @@ def _tv_kwargs(name: str) -> dict:
     # Both keep their auxiliary classifiers so they can be replaced and trained (aux loss 0.4).
     if name in ("inception_v3", "googlenet"):
         return {"aux_logits": True, "init_weights": False}
+    if name.startswith("vit_"):
+        # A ViT's position embedding is sized for its weights' resolution (vit_h_14's default is 518 px).
+        return {"image_size": int(_tv_weights_enum(name).meta["min_size"][0])}
     return {}
 
 
@@ -122,8 +133,13 @@ def _interp_name(mode) -> str:
     return "bicubic" if "bicubic" in str(value) else "bilinear"
 
 
-def build_architecture(name: str):
-    """The model for ``name`` with 1000 ImageNet classes and no pretrained weights, plus its preprocessing."""
+def build_architecture(name: str, num_classes: int = 1000):
+    """The model for ``name`` with no pretrained weights, plus its preprocessing.
+
+    Library models come with their 1000 ImageNet classes (the head is replaced later); users'
+    models are built for ``num_classes`` directly, since their code may size more than the last
+    layer from it.
+    """
     kind = classify_name(name)
     if kind == "torchvision":
         import torchvision.models as tvm
@@ -147,10 +163,15 @@ def build_architecture(name: str):
         return _load_hub(name, pretrained=False), dict(input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     if kind == "registered":
         factory = _REGISTRY[name]
-        return factory(num_classes=1000), dict(getattr(factory, "_transferkit_pre", {}))
+        try:
+            model = factory(num_classes=num_classes)
+        except TypeError as exc:
+            raise UserError(f"registered backbone '{name}' must accept num_classes=..., calling it failed: {exc}") from None
+        # Entry points may name a plain factory: ImageNet preprocessing unless registered otherwise.
+        return model, dict(_PREPROCESS.get(name, dict(input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)))
     from transferkit.usercode import build_user_model
 
-    return build_user_model(name, num_classes=1000), dict(input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return build_user_model(name, num_classes), dict(input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 def _load_hub(name: str, pretrained: bool):
@@ -169,11 +190,15 @@ def _load_hub(name: str, pretrained: bool):
         ) from None
 
 
-def create_backbone(name: str, weights: str = "imagenet"):
-    """Return ``(model, info)``: the ImageNet-shaped model with weights loaded as asked."""
+def create_backbone(name: str, weights: str = "imagenet", num_classes: int = 1000):
+    """Return ``(model, info)``: the ImageNet-shaped model with weights loaded as asked.
+
+    ``num_classes`` only sizes users' models (see build_architecture); a weights file with another
+    number of classes still loads, its classifier left as initialised.
+    """
     from transferkit import weights as W
 
-    model, pre = build_architecture(name)
+    model, pre = build_architecture(name, num_classes)
     kind = classify_name(name)
     info = BackboneInfo(name=name, source=kind, weights=weights, **pre)
     if weights == "none":

@@ -20,12 +20,17 @@ class TrainConfig:
     data: str = opt(None, "data SPEC: a folder (root/<class>/<img> or root/train|val|test/...), a CSV of path,label, "
                           "or fashion-mnist | cifar10 | digits")
     model: str = opt("efficientnet_lite0", "backbone: a torchvision name (resnet18), timm/NAME, efficientnet_lite0..2, "
-                                           "hub:owner/repo:entry, or path/file.py:Class")
+                                           "hub:owner/repo:entry, a name registered by a --plugin, or your own "
+                                           "path/file.py:Class, built as Class(num_classes=N), its last nn.Linear the "
+                                           "classifier (use --weights none or PATH). Your file is copied into the run "
+                                           "and runs again whenever the run is loaded: use trusted code only")
     weights: str = opt("imagenet", "imagenet | none | PATH to .safetensors or a weights-only .pth")
     freeze: str = opt("backbone", "none | backbone (train the head only) | N (freeze the first N stages) | "
                                   "name,name (module prefixes). Frozen parts keep BatchNorm in eval mode: "
                                   "running statistics are used and never updated")
-    head: str = opt("linear", "linear | mlp:512[,256][,dropout=0.2][,bn] | path/file.py:Class(in_features, num_classes)")
+    head: str = opt("linear", "linear | mlp:512[,256][,dropout=0.2][,bn] | path/file.py:Class, your nn.Module built as "
+                              "Class(in_features, num_classes); copied into the run and run again whenever the run is "
+                              "loaded: use trusted code only")
     epochs: int = opt(10, "passes over the training split")
     lr: str = opt("1e-3", "peak learning rate of the head (a float, or 'auto' to run the range test first)")
     backbone_lr_scale: float = opt(0.1, "unfrozen backbone layers train at lr * this")
@@ -38,6 +43,8 @@ class TrainConfig:
     image_size: int = opt(0, "input size in pixels; 0 uses the backbone's own")
     augment: str = opt("none", "none | flip (random horizontal flips; disables the feature cache)",
                        choices=("none", "flip"))
+    train_limit: int = opt(0, "use only this many training images (a stratified sample by --seed; 0: all), "
+                              "for quick experiments")
     seed: int = opt(0, "seed for splits, initialisation and data order; a CPU run repeats exactly")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N", )
     amp: str = opt("auto", "auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16", choices=("auto", "off", "bf16", "fp16"))
@@ -46,6 +53,9 @@ class TrainConfig:
     skip_bad: bool = opt(False, "drop unreadable images (and say how many) instead of stopping")
     max_pixels: int = opt(89_478_485, "refuse images with more pixels than this (decompression bombs)")
     checkpoint_every: int = opt(0, "also checkpoint every N optimizer steps (0: at epoch ends only)")
+    log: str = opt("none", "none | tensorboard (also write the per-epoch metrics as TensorBoard scalars in "
+                           "RUN_DIR/tensorboard; needs pip install 'transferkit[tensorboard]'). metrics.csv is always written",
+                   choices=("none", "tensorboard"))
     out: str = opt("", "run directory (default: runs/<model>-<time>)")
     resume: bool = opt(False, "continue the run in --out from its newest complete checkpoint")
     quiet: bool = opt(False, "plain log lines instead of progress bars")
@@ -56,8 +66,8 @@ class TrainConfig:
         for name in ("epochs", "accumulate"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.image_size < 0 or self.max_pixels < 1 or self.checkpoint_every < 0:
-            raise UserError("--image-size, --max-pixels and --checkpoint-every must not be negative")
+        if self.image_size < 0 or self.max_pixels < 1 or self.checkpoint_every < 0 or self.train_limit < 0:
+            raise UserError("--image-size, --max-pixels, --checkpoint-every and --train-limit must not be negative")
         if self.batch_size != "auto" and not (str(self.batch_size).isdigit() and int(self.batch_size) > 0):
             raise UserError(f"--batch-size must be a positive integer or 'auto', got '{self.batch_size}'")
         if str(self.lr) != "auto":
@@ -114,14 +124,21 @@ def build_config(flags: dict, config_file: str | None = None) -> TrainConfig:
     """Defaults < YAML < flags (flags left at None were not given)."""
     values = read_yaml(config_file) if config_file else {}
     values.update({k: v for k, v in flags.items() if v is not None})
+    if values.get("resume"):
+        # The run's own settings come back from its checkpoint; only --out is needed here.
+        if not values.get("out"):
+            raise UserError("--resume needs --out RUN_DIR: the run to continue")
+        return TrainConfig(**values)
     return TrainConfig(**values).validate()
 
 
-def add_arguments(parser) -> None:
-    """One ``--flag`` per field, default None so that YAML values survive unset flags."""
+def add_arguments(parser, skip: tuple = ()) -> None:
+    """One ``--flag`` per field (except ``skip``), default None so that YAML values survive unset flags."""
     import argparse
 
     for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         help_text = f"{f.metadata['help']} (default: {default})"

@@ -40,7 +40,11 @@ class Batches:
     seed: int = 0
 
     def __len__(self) -> int:
-        return math.ceil(len(self.source.labels) / self.batch_size)
+        n = len(self.source.labels)
+        # A training batch of one image breaks BatchNorm in train mode (a BN head, a user's
+        # layer): that last image joins the batch before it instead.
+        fold = self.shuffle and n > self.batch_size and n % self.batch_size == 1
+        return math.ceil(n / self.batch_size) - fold
 
     def order(self, epoch: int) -> torch.Tensor:
         n = len(self.source.labels)
@@ -49,7 +53,8 @@ class Batches:
     def __call__(self, epoch: int, start: int = 0):
         order = self.order(epoch)
         for b in range(start, len(self)):
-            index = order[b * self.batch_size:(b + 1) * self.batch_size]
+            end = (b + 1) * self.batch_size if b < len(self) - 1 else len(order)
+            index = order[b * self.batch_size:end]
             yield b, index, self.source.batch(index), self.source.labels[index]
 
 
@@ -122,7 +127,8 @@ def train_one_epoch(module, batches: Batches, to_input: Callable, optimizer, sch
         if bar:
             bar.update(1)
             bar.set_postfix(loss=f"{state.sums['loss'] / state.sums['n']:.4f}",
-                            acc=f"{state.sums['correct'] / state.sums['n']:.3f}")
+                            acc=f"{state.sums['correct'] / state.sums['n']:.3f}",
+                            img_s=f"{(state.sums['n'] - start_n) / max(time.perf_counter() - start_time, 1e-9):.0f}")
         if on_step:
             on_step(state)
     if bar:

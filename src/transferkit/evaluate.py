@@ -25,16 +25,51 @@ def class_index_map(data_classes: list[str], run_classes: list[str]) -> torch.Te
     return torch.tensor([run_classes.index(c) for c in data_classes], dtype=torch.long)
 
 
+def outputs_path(run_dir: str | Path, split: str) -> Path:
+    return Path(run_dir) / "eval" / f"{split}_outputs.npz"
+
+
+def save_outputs(run_dir: str | Path, split: str, logits: torch.Tensor, labels: torch.Tensor, original, scored,
+                 data: str) -> Path:
+    """Per-image probabilities of a scored split, for the report's worst errors and calibration plot.
+
+    ``index`` is each row's position in ``load_data(data).split(split)`` (``original``): images
+    dropped by --skip-bad shift positions, so file sets are matched back by path.
+    """
+    import numpy as np
+
+    from transferkit.safeio import atomic_write
+
+    index = np.arange(len(labels), dtype=np.int64)
+    kept, everything = getattr(scored, "paths", None), getattr(original, "paths", None)
+    if kept and everything and len(kept) != len(everything):
+        position = {p: i for i, p in enumerate(everything)}
+        index = np.array([position[p] for p in kept], dtype=np.int64)
+    arrays = {"probs": logits.float().softmax(1).numpy().astype(np.float16), "labels": labels.numpy().astype(np.int64),
+              "index": index, "split": np.array(split), "data": np.array(data)}
+    path = outputs_path(run_dir, split)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare name
+            np.savez_compressed(f, **arrays)
+    atomic_write(path, write)
+    return path
+
+
 def evaluate_run(run_dir: str, data: str | None = None, split: str = "test", device: str = "auto",
-                 batch_size: int = 128, progress=None, max_pixels: int | None = None) -> dict:
+                 batch_size: int = 128, progress=None, max_pixels: int | None = None, splits=None) -> dict:
+    """Score ``run_dir`` on ``split`` of ``data`` (the run's own data when None); ``splits``: ready
+    DataSplits from the Python API instead of a spec."""
     tm, pre, classes, run = load_run(run_dir)
-    spec = data or run["config"]["data"]
-    splits = load_data(spec, run["config"].get("seed", 0))
+    spec = splits.spec if splits is not None else data or run["config"]["data"]
+    splits = splits if splits is not None else load_data(spec, run["config"].get("seed", 0))
     mapping = class_index_map(splits.classes, classes)
-    imageset = splits.split(split)
+    imageset = original = splits.split(split)
     if hasattr(imageset, "decode"):
         imageset, bad = imageset.decode(pre.size, pre.interpolation, skip_bad=False,
-                                        max_pixels=max_pixels or run["config"].get("max_pixels", 89_478_485))
+                                        max_pixels=max_pixels or run["config"].get("max_pixels", 89_478_485),
+                                        progress=progress and (lambda it, total: progress(it, total=total, desc=f"decoding {split}",
+                                                                                          unit="img")))
         if imageset is None:
             raise UserError(f"{len(bad)} unusable image(s): " + "; ".join(f"{b.path} ({b.reason})" for b in bad[:10]))
     dev = pick_device(device)
@@ -47,6 +82,7 @@ def evaluate_run(run_dir: str, data: str | None = None, split: str = "test", dev
                                     progress=progress, desc=f"eval {split}")
     result = score(logits, mapping[labels], classes)
     result.update({"split": split, "data": spec, "run": str(run_dir)})
+    save_outputs(run_dir, split, logits, mapping[labels], original, imageset, spec)
     write_json_atomic(Path(run_dir) / "eval" / f"{split}.json", result)
     _append_metrics_row(Path(run_dir), split, result)
     return result

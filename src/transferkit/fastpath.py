@@ -14,7 +14,8 @@ import torch
 
 from transferkit.devices import uses_convolutions
 from transferkit.features import build_features, cache_key, default_cache_dir
-from transferkit.modeling import split_model
+from transferkit.modeling import split_is_exact, split_model
+from transferkit.plugins import model_code_sha256
 from transferkit.transforms import Preprocess, prepare, random_flip
 
 
@@ -54,11 +55,18 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
     if parts is None:
         return plain(f"{cfg.model} cannot be cut after stage {plan.cut}; it caches only with --freeze backbone")
     front, back = (p.to(device) for p in parts)
+    if tm.info.source in ("user", "registered", "hub"):
+        sample = prepare(sets["train"].batch(torch.arange(min(2, len(sets["train"])))), pre, device)
+        if not split_is_exact(tm, front, back, sample):
+            return plain(f"{cfg.model} does more after its last nn.Linear ({tm.layout.classifier}) than "
+                         "return its output, so it cannot be cut there")
     if channels_last:
         front = front.to(memory_format=torch.channels_last)
     root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     key_parts = {"backbone": tm.info.name, "weights_sha256": tm.info.weights_sha256, "weights": tm.info.weights,
                  "cut": plan.cut, "stages": tm.layout.stages[:plan.cut], "pre": pre.key()}
+    if code := model_code_sha256(tm.info.name):  # a user's edited model file is another model
+        key_parts["code"] = code
     if tm.info.weights == "none":  # random weights differ by seed
         key_parts["seed"] = cfg.seed
     features, built, size = {}, 0, 0

@@ -46,10 +46,15 @@ def plan_freeze(model: nn.Module, layout: Layout, spec: str) -> FreezePlan:
                             f"its stages are {', '.join(s[0] for s in layout.stages[:6])}...")
         if any(_under(h, name) or _under(name, h) for h in heads):
             raise UserError(f"--freeze {spec}: '{name}' contains the new head, which must train")
-    # The frozen names cover the first k stages exactly when they name every module of them.
+    # The frozen names cover the first k stages when they name every module of them that has
+    # state (a ReLU or a pooling layer has nothing to freeze).
+    def has_state(path: str) -> bool:
+        module = model.get_submodule(path)
+        return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
     cut = 0
     for stage in layout.stages:
-        if all(any(_under(p, n) for n in names) for p in stage):
+        if all(any(_under(p, n) for n in names) for p in stage if has_state(p)):
             cut += 1
         else:
             break

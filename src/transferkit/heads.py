@@ -71,9 +71,19 @@ def in_features_of(module: nn.Module) -> int:
     raise UserError(f"cannot tell the input width of classifier {type(module).__name__}")
 
 
-def replace_head(model: nn.Module, layout: Layout, num_classes: int, spec: str = "linear") -> None:
-    """Swap the final classifier (and any auxiliary ones) for ``num_classes`` outputs."""
+USER_SOURCES = ("user", "registered")  # models built by users' code, already for num_classes
+
+
+def replace_head(model: nn.Module, layout: Layout, num_classes: int, spec: str = "linear",
+                 keep_fitting: bool = False) -> None:
+    """Swap the final classifier (and any auxiliary ones) for ``num_classes`` outputs.
+
+    ``keep_fitting``: a user's model built for ``num_classes`` keeps its own last nn.Linear under
+    ``--head linear`` (its init, its bias choice); only another head spec replaces it.
+    """
     old = get_module(model, layout.classifier)
+    if keep_fitting and spec in ("linear", "", None) and isinstance(old, nn.Linear) and old.out_features == num_classes:
+        return
     if isinstance(old, nn.Conv2d):  # SqueezeNet classifies with a 1x1 convolution
         if spec not in ("linear", "", None):
             raise UserError("SqueezeNet's classifier is a 1x1 convolution; only --head linear fits it")

@@ -54,12 +54,18 @@ def _to_rgb(img):
     return img.convert("RGB")
 
 
-def open_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """Open ``path`` as an upright RGB PIL image, or raise BadImage with the reason."""
+def _byte_size(source) -> int:
+    if hasattr(source, "getbuffer"):  # io.BytesIO: an upload held in memory (the server)
+        return source.getbuffer().nbytes
+    return os.path.getsize(source)
+
+
+def open_rgb(path, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Open ``path`` (a file name or an ``io.BytesIO``) as an upright RGB PIL image, or raise BadImage."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        if os.path.getsize(path) == 0:
+        if _byte_size(path) == 0:
             raise BadImage(path, "empty file")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -79,7 +85,7 @@ def open_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS):
         raise BadImage(path, f"too many pixels ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         text = str(exc)
-        reason = "truncated" if "truncated" in text else f"unreadable ({text.splitlines()[0][:120] if text else type(exc).__name__})"
+        reason = "truncated" if "truncated" in text.lower() else f"unreadable ({text.splitlines()[0][:120] if text else type(exc).__name__})"
         raise BadImage(path, reason) from None
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from transferkit.errors import UserError
+
 # Functional steps some torchvision forwards do between modules.
 FUNCTIONAL = {
     "flatten": lambda x: torch.flatten(x, 1),
@@ -75,7 +77,11 @@ def _last_linear(model: nn.Module) -> str:
         if isinstance(module, nn.Linear):
             last = name
     if last is None:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier")
+        # Decided: the last nn.Linear is what makes a model adaptable (replaced for --head,
+        # kept training under --freeze backbone); a model without one has no head to find.
+        raise UserError(f"{type(model).__name__} has no nn.Linear layer; transferkit treats a model's last "
+                        "nn.Linear as its classifier, so end the model with nn.Linear(features, num_classes) "
+                        "(e.g. after global pooling and flatten instead of a 1x1 convolution)")
     return last
 
 

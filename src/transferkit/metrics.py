@@ -23,17 +23,27 @@ def per_class_scores(cm: torch.Tensor, classes: list[str]) -> dict:
                    "support": int(support[i])} for i, name in enumerate(classes)}
 
 
-def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, bins: int = 15) -> float:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
-    confidence, pred = probs.max(1)
+def reliability_bins(probs: torch.Tensor, target: torch.Tensor, bins: int = 15) -> list[dict]:
+    """Per equal-width confidence bin ``(lo, hi]``: count, mean confidence and accuracy (the reliability plot)."""
+    confidence, pred = probs.double().max(1)
     correct = (pred == target).double()
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
-    ece, n = 0.0, len(target)
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        mask = (confidence.double() > lo) & (confidence.double() <= hi)
-        if mask.any():
-            ece += mask.sum().item() / n * abs(correct[mask].mean().item() - confidence[mask].double().mean().item())
-    return ece
+    out = []
+    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
+        mask = (confidence > lo) & (confidence <= hi)
+        count = int(mask.sum())
+        out.append({"lo": lo, "hi": hi, "count": count,
+                    "confidence": float(confidence[mask].mean()) if count else 0.0,
+                    "accuracy": float(correct[mask].mean()) if count else 0.0})
+    return out
+
+
+def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    n = len(target)
+    if n == 0:
+        return 0.0
+    return sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(probs, target, bins))
 
 
 def score(logits: torch.Tensor, target: torch.Tensor, classes: list[str]) -> dict:

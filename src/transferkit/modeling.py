@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from transferkit.backbones import BackboneInfo, create_backbone
-from transferkit.heads import replace_head
+from transferkit.heads import USER_SOURCES, replace_head
 from transferkit.layouts import FUNCTIONAL, Layout, describe, get_module
 
 
@@ -21,9 +21,9 @@ class TransferModel:
 
 def create_model(name: str, num_classes: int, weights: str = "imagenet", head: str = "linear") -> TransferModel:
     """``name``'s pretrained backbone with a fresh ``head`` for ``num_classes`` classes."""
-    net, info = create_backbone(name, weights)
+    net, info = create_backbone(name, weights, num_classes)
     layout = describe(net)
-    replace_head(net, layout, num_classes, head)
+    replace_head(net, layout, num_classes, head, keep_fitting=info.source in USER_SOURCES)
     return TransferModel(net, info, layout, head, num_classes)
 
 
@@ -102,3 +102,26 @@ def split_model(tm: TransferModel, cut: int) -> tuple[nn.Module, nn.Module] | No
     if layout.head_input:
         return HeadInput(net, layout.head_input), get_module(net, layout.head_input)
     return None
+
+
+def split_is_exact(tm: TransferModel, front: nn.Module, back: nn.Module, x) -> bool:
+    """Whether ``back(front(x)) == net(x)`` on a real batch (eval mode).
+
+    Users' models are cut at their last nn.Linear's input (a hook). If their forward does more
+    after that layer (a ReLU, a scale, a second call), training the cut model on cached features
+    would train something other than what predict runs: the trainer then uses the plain loop.
+    """
+    import torch
+
+    was_training = tm.net.training
+    tm.net.eval()
+    try:
+        with torch.no_grad():
+            whole = tm.net(x)
+            cut = back(front(x))
+    finally:
+        tm.net.train(was_training)
+    whole = whole[0] if isinstance(whole, (tuple, list)) else whole
+    cut = cut[0] if isinstance(cut, (tuple, list)) else cut
+    return (isinstance(whole, torch.Tensor) and isinstance(cut, torch.Tensor) and whole.shape == cut.shape
+            and torch.allclose(whole.float(), cut.float(), rtol=1e-3, atol=1e-4))

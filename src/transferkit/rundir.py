@@ -34,12 +34,13 @@ def read_run(run_dir: str | Path) -> dict:
 
 def load_run(run_dir: str | Path, weights_file: str = "model.safetensors"):
     """``(TransferModel, Preprocess, classes, run)`` rebuilt from the run dir alone (no download)."""
-    from transferkit.heads import replace_head
+    from transferkit.heads import USER_SOURCES, replace_head
+    from transferkit.plugins import unknown_in_run
     from transferkit.layouts import describe
     from transferkit.modeling import TransferModel
     from transferkit.safeio import load_weights_file
     from transferkit.usercode import activate_run_code
-    from transferkit.backbones import build_architecture
+    from transferkit.backbones import build_architecture, registered_names
 
     run_dir = Path(run_dir)
     run = read_run(run_dir)
@@ -47,11 +48,14 @@ def load_run(run_dir: str | Path, weights_file: str = "model.safetensors"):
     if not weights.is_file():
         raise UserError(f"{run_dir} has no {weights_file}: the run did not finish; resume it with "
                         f"`transferkit train --out {run_dir} --resume`")
-    activate_run_code(run_dir, run)
+    activate_run_code(run_dir, run)  # runs the user code stored in the run: trusted runs only
     model_name, classes = run["model"]["name"], run["classes"]
-    net, _ = build_architecture(model_name)
+    source = run["backbone"].get("source")
+    if source == "registered" and model_name not in registered_names():
+        raise unknown_in_run(model_name)
+    net, _ = build_architecture(model_name, len(classes))
     layout = describe(net)
-    replace_head(net, layout, len(classes), run["model"]["head"])
+    replace_head(net, layout, len(classes), run["model"]["head"], keep_fitting=source in USER_SOURCES)
     state = load_weights_file(weights)
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -19,21 +19,25 @@ import torch
 
 from transferkit import checkpoint as ckpt
 from transferkit.config import TrainConfig
-from transferkit.dataspec import load_data
+from transferkit.dataspec import DataSplits, load_data, stratified_split
 from transferkit.devices import auto_batch_size, pick_device
 from transferkit.engine import (Batches, NonFiniteLoss, StepState, amp_dtype, autocast_for, make_optimizer, predict_logits,
                                 train_one_epoch, warmup_cosine)
 from transferkit.errors import UserError
 from transferkit.fastpath import choose_path
 from transferkit.freeze import apply_freeze, param_groups, plan_freeze, train_mode
+from transferkit.lrfind import auto_lr
 from transferkit.metrics import score
+from transferkit.report import write_report
 from transferkit.modeling import create_model
+from transferkit.plugins import copy_plugin_into_run
 from transferkit.progress import log, make_progress
 from transferkit.rundir import versions
 from transferkit.safeio import check_torch_version, save_safetensors_atomic, write_json_atomic, write_text_atomic
 from transferkit.shapecheck import check_shapes
+from transferkit.tblog import open_log
 from transferkit.transforms import Preprocess, prepare
-from transferkit.usercode import copy_into_run, is_user_spec
+from transferkit.usercode import copy_into_run, is_user_spec, resolve_run_code
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "seconds", "images_per_s"]
 
@@ -50,22 +54,22 @@ def seed_everything(seed: int) -> None:
 
 
 def decode_files(sets: dict, pre: Preprocess, cfg: TrainConfig, progress) -> dict:
-    """Turn file-backed splits into uint8 tensors; stop on broken files unless --skip-bad."""
-    out, dropped = {}, []
+    """Turn file-backed splits into uint8 tensors; stop on broken files (all splits listed) unless --skip-bad."""
+    out, bad = {}, []
     for name, imageset in sets.items():
         if not hasattr(imageset, "decode"):
             out[name] = imageset
             continue
-        decoded, bad = imageset.decode(pre.size, pre.interpolation, cfg.skip_bad, cfg.max_pixels,
-                                       progress=lambda it, total: progress(it, total=total, desc=f"decoding {name}", unit="img"))
-        if decoded is None:
-            listing = "; ".join(f"{b.path} ({b.reason})" for b in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
-            raise UserError(f"{len(bad)} unusable image(s), nothing trained: {listing}. "
-                            "Fix or remove them, or pass --skip-bad to drop them")
-        dropped += bad
+        decoded, broken = imageset.decode(pre.size, pre.interpolation, True, cfg.max_pixels,
+                                          progress=lambda it, total: progress(it, total=total, desc=f"decoding {name}", unit="img"))
+        bad += broken
         out[name] = decoded
-    if dropped:
-        log(f"--skip-bad: dropped {len(dropped)} unusable image(s), e.g. {dropped[0].path} ({dropped[0].reason})")
+    if bad and not cfg.skip_bad:
+        listing = "; ".join(f"{b.path} ({b.reason})" for b in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise UserError(f"{len(bad)} unusable image(s), nothing trained: {listing}. "
+                        "Fix or remove them, or pass --skip-bad to drop them")
+    if bad:
+        log(f"--skip-bad: dropped {len(bad)} unusable image(s), e.g. {bad[0].path} ({bad[0].reason})")
     return out
 
 
@@ -85,7 +89,8 @@ def _prepare_run_dir(cfg: TrainConfig) -> Path:
     return run_dir
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, splits: DataSplits | None = None) -> dict:
+    """Train as ``cfg`` says; ``splits`` (from the Python API) replaces loading ``cfg.data``."""
     check_torch_version()
     resume_state = None
     run_dir = _prepare_run_dir(cfg)
@@ -94,26 +99,37 @@ def train(cfg: TrainConfig) -> dict:
         keep = {"resume": True, "quiet": cfg.quiet, "out": str(run_dir)}
         cfg = TrainConfig(**{**resume_state["config"], **keep})
     progress = make_progress(cfg.quiet)
+    tb = open_log(cfg.log, run_dir)  # before any work: a missing tensorboard package fails fast
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     precision = amp_dtype(device, cfg.amp)
     autocast = autocast_for(precision)
 
-    splits = load_data(cfg.data, cfg.seed)
-    model_spec, head_spec = cfg.model, cfg.head
+    splits = splits if splits is not None else load_data(cfg.data, cfg.seed)
+    if cfg.train_limit and cfg.train_limit < len(splits.train):
+        keep, _ = stratified_split(splits.train.labels.numpy(), 1 - cfg.train_limit / len(splits.train), cfg.seed)
+        splits.train = splits.train.subset(keep)
     if resume_state:
-        tm = create_model(resume_state["model_spec"], len(splits.classes), "none", resume_state["head_spec"])
+        # The run's own copies of the user's files (and plugin), as stored when it started.
+        model_spec, head_spec, plugin = resume_state["model_spec"], resume_state["head_spec"], resume_state.get("plugin")
+        model_file, head_file = resolve_run_code(run_dir, model_spec, head_spec, plugin)
+        tm = create_model(model_file, len(splits.classes), "none", head_file)
         for key, value in resume_state["backbone"].items():
             setattr(tm.info, key, value)
     else:
         tm = create_model(cfg.model, len(splits.classes), cfg.weights, cfg.head)
         model_spec = copy_into_run(cfg.model, run_dir) if is_user_spec(cfg.model) else cfg.model
         head_spec = copy_into_run(cfg.head, run_dir) if is_user_spec(cfg.head) else cfg.head
+        plugin = copy_plugin_into_run(cfg.model, run_dir) if tm.info.source == "registered" else None
     if resume_state and len(resume_state["classes"]) != len(splits.classes):
         raise UserError(f"the checkpoint has {len(resume_state['classes'])} classes, the data {len(splits.classes)}")
     pre = Preprocess(cfg.image_size or tm.info.input_size, tm.info.mean, tm.info.std, tm.info.interpolation)
     plan = plan_freeze(tm.net, tm.layout, cfg.freeze)
     frozen = apply_freeze(tm.net, tm.layout, plan)
+    if tm.info.weights == "none" and plan.spec == "backbone":
+        # Legitimate (a random-features baseline) but mostly a forgotten --freeze none.
+        log("note: --weights none with --freeze backbone trains only the head on random features; "
+            "--freeze none trains the whole model")
     tm.net.to(device)
 
     sets = {n: s for n, s in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if s is not None}
@@ -131,7 +147,7 @@ def train(cfg: TrainConfig) -> dict:
     train_batches = Batches(path.sources["train"], batch_size, shuffle=True, seed=cfg.seed)
     eval_batch = max(batch_size, 256 if path.cached else batch_size)
     val_batches = Batches(path.sources["val"], eval_batch)
-    lr = float(cfg.lr)
+    lr = float(cfg.lr) if cfg.lr != "auto" else auto_lr(cfg, tm, path, train_batches, frozen, autocast, progress, run_dir)
     optimizer = make_optimizer(cfg.optimizer, param_groups(tm.net, tm.layout, lr, cfg.weight_decay, cfg.backbone_lr_scale), lr)
     total = cfg.epochs * len(train_batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(cfg.warmup_epochs * len(train_batches))))
@@ -151,12 +167,20 @@ def train(cfg: TrainConfig) -> dict:
 
     backbone_json = tm.info.to_json()
 
+    def require_finite():
+        # A step can turn weights to inf/NaN while its own loss was finite: stop before they are
+        # scored, kept as "best" or checkpointed.
+        if not ckpt.finite_weights(tm.net.state_dict()):
+            raise UserError(f"weights became non-finite at epoch {state.epoch + 1}, step {state.global_step}; "
+                            "nothing was checkpointed from this point; lower --lr")
+
     def save_last():
+        require_finite()
         ckpt.save_checkpoint(run_dir, {
             "model": tm.net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler else None, "state": asdict(state), "rng": ckpt.rng_state(),
             "history": history, "best": best, "config": cfg.to_json(), "classes": splits.classes,
-            "model_spec": model_spec, "head_spec": head_spec, "backbone": backbone_json})
+            "model_spec": model_spec, "head_spec": head_spec, "plugin": plugin, "backbone": backbone_json})
 
     stop = {"requested": False}
 
@@ -181,12 +205,14 @@ def train(cfg: TrainConfig) -> dict:
                                      set_train=lambda: train_mode(path.module, frozen), label_smoothing=cfg.label_smoothing,
                                      accumulate=cfg.accumulate, autocast=autocast, scaler=scaler, on_step=on_step,
                                      progress=progress)
+            require_finite()
             logits, labels = predict_logits(path.module, val_batches, path.to_input, autocast)
             val = score(logits, labels, splits.classes)
             row = {"epoch": state.epoch + 1, **{k: round(v, 6) for k, v in result.items()},
                    "val_loss": round(val["loss"], 6), "val_acc": round(val["top1"], 6), "val_top5": round(val["top5"], 6),
                    "lr": lr_now}
             history.append(row)
+            tb.epoch(row)
             log(f"epoch {row['epoch']}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
                 f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | {row['images_per_s']:.0f} img/s")
             if val["top1"] > best["val_acc"]:
@@ -202,6 +228,7 @@ def train(cfg: TrainConfig) -> dict:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        tb.close()
 
     from safetensors.torch import load_file
 
@@ -212,16 +239,20 @@ def train(cfg: TrainConfig) -> dict:
     logits, labels = predict_logits(path.module, Batches(path.sources[test_name], eval_batch), path.to_input, autocast,
                                     progress=progress, desc=f"scoring {test_name}")
     final = score(logits, labels, splits.classes)
+    from transferkit.evaluate import save_outputs  # evaluate imports this module
+
+    save_outputs(run_dir, test_name, logits, labels, splits.split(test_name), sets[test_name], cfg.data)
     run = {
         "format": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": cfg.to_json(), "classes": splits.classes,
-        "model": {"name": model_spec, "head": head_spec, "num_classes": len(splits.classes)},
+        "model": {"name": model_spec, "head": head_spec, "num_classes": len(splits.classes), "plugin": plugin},
         "backbone": dict(backbone_json, name=model_spec), "preprocess": pre.to_json(),
         "freeze": {"spec": cfg.freeze, "cut": plan.cut}, "feature_cache": path.message,
         "data": {"spec": cfg.data, **{n: len(s) for n, s in sets.items()}},
-        "best_epoch": best["epoch"], "metrics": {"split": test_name, **{k: final[k] for k in ("top1", "top5", "loss", "n", "ece")}},
+        "lr": lr, "best_epoch": best["epoch"], "metrics": {"split": test_name, **{k: final[k] for k in ("top1", "top5", "loss", "n", "ece")}},
         "versions": versions(),
     }
     write_json_atomic(run_dir / "run.json", run)
     write_json_atomic(run_dir / "confusion_matrix.json", {"split": test_name, "classes": splits.classes,
                                                            "matrix": final["confusion_matrix"]})
+    write_report(run_dir)
     return {"run_dir": str(run_dir), "metrics": final, "split": test_name, "best_epoch": best["epoch"], "cached": path.cached}

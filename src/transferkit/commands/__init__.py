@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-COMMANDS = ["models", "data", "train", "eval", "predict", "demo"]
+COMMANDS = ["models", "data", "train", "lr_find", "eval", "report", "predict", "embed", "export", "serve", "demo"]
+
+
+# For every command that loads a run: a run trained on users' code stores that code and runs it.
+TRUSTED_RUN = ("a run directory. A run trained on your own model, head or plugin code keeps that code in "
+               "RUN_DIR/code/ and runs it when loaded: load only runs you trust")
 
 
 class Parser(argparse.ArgumentParser):

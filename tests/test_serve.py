@@ -1,0 +1,285 @@
+"""The HTTP service: answers, refusals (413/422/503/504) that leave it serving, batching, the page."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY_TRAIN, make_image_folder
+from transferkit.batcher import DynamicBatcher, Overloaded
+from transferkit.cli import main
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+MAX_BYTES = 100_000
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+class ThreadServer:
+    """uvicorn in a thread, on a loopback socket bound to a free port (no race for the port)."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        # log_config=None: uvicorn's records reach the root logger, where caplog can read them.
+        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="info", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A tiny trained run and a server for it: ``(url, run_dir, images)``."""
+    from transferkit.serve import Service, ServeSettings, create_app
+
+    root = tmp_path_factory.mktemp("serve")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+        images = make_image_folder(root / "images", classes=("cat", "dog", "owl"), per_class=4, size=24)
+        run = root / "run"
+        assert main(["train", "--data", str(images), "--out", str(run), *TINY_TRAIN]) == 0
+    settings = ServeSettings(max_bytes=MAX_BYTES, max_pixels=50_000_000, timeout=30, max_batch=8, max_wait_ms=20)
+    with ThreadServer(create_app(Service.from_run(run), settings)) as server:
+        yield server.url, run, images
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid-looking PNG of a few bytes whose header claims ``width`` x ``height`` pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def raw_status(url: str, head: bytes, chunks=()) -> int:
+    """Send a hand-written request (headers, then ``chunks`` of body) and return the status code."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as s:
+        s.sendall(head)
+        for piece in chunks:
+            try:
+                s.sendall(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                break  # the server answered and closed before the whole body went out: fine
+        reply = b""
+        while b"\r\n" not in reply:
+            data = s.recv(4096)
+            if not data:
+                break
+            reply += data
+    return int(reply.split(b" ", 2)[1])
+
+
+def first_image(images: Path, cls: str = "cat") -> Path:
+    return sorted((images / cls).iterdir())[0]
+
+
+def test_predict_multipart_raw_and_topk_match_the_cli(served, capsys):
+    url, run, images = served
+    path = first_image(images, "owl")
+    multipart = httpx.post(f"{url}/predict", files={"file": (path.name, path.read_bytes(), "image/png")}, timeout=30)
+    assert multipart.status_code == 200, multipart.text
+    body = multipart.json()
+    assert set(body) >= {"predictions", "model", "ms"} and body["model"] == "resnet18"
+    assert len(body["predictions"]) == 3  # top-5 of three classes
+    assert set(body["predictions"][0]) == {"label", "index", "prob"}
+
+    raw = httpx.post(f"{url}/predict?topk=2", content=path.read_bytes(), timeout=30).json()
+    assert len(raw["predictions"]) == 2
+    assert [p["label"] for p in raw["predictions"]] == [p["label"] for p in body["predictions"][:2]]
+
+    capsys.readouterr()
+    assert main(["predict", str(run), str(path), "--format", "json", "--quiet"]) == 0
+    cli = json.loads(capsys.readouterr().out)[0]["predictions"]
+    assert [p["index"] for p in cli] == [p["index"] for p in body["predictions"]]
+    assert all(abs(a["prob"] - b["prob"]) < 1e-4 for a, b in zip(cli, body["predictions"]))
+
+
+def test_limits_refuse_and_the_server_keeps_serving(served, tmp_path, caplog):
+    url, _run, images = served
+    caplog.set_level(logging.INFO)
+    post = lambda **kw: httpx.post(f"{url}/predict", timeout=30, **kw)  # noqa: E731
+
+    # 413 from Content-Length alone: the body is never sent, so it cannot have been read.
+    head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {10**9}\r\n\r\n"
+    assert raw_status(url, head.encode()) == 413
+    # 413 while streaming a chunked body that has no length up front.
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    piece = b"%x\r\n%s\r\n" % (16384, b"\0" * 16384)
+    assert raw_status(url, head, [piece] * (3 * MAX_BYTES // 16384)) == 413
+    assert post(content=b"\0" * (MAX_BYTES + 1)).status_code == 413
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(8000, 8000))  # 64 megapixels claimed, ~100 bytes on disk
+    assert bomb.stat().st_size < 200
+    refused = post(files={"file": ("bomb.png", bomb.read_bytes(), "image/png")})
+    assert refused.status_code == 422 and "too many pixels" in refused.json()["error"]
+    assert post(content=png_claiming(100_000, 100_000)).status_code == 422
+
+    marker = "do-not-log-this-body-7d1f"
+    text = post(files={"file": ("notes.txt", f"just text {marker}".encode(), "text/plain")})
+    assert text.status_code == 422 and "not an image" in text.json()["error"]
+    assert post(content=b"").status_code == 422
+    assert post(files={"other": ("a.png", b"x", "image/png")}).status_code == 422
+    assert post(content=first_image(images).read_bytes(), params={"topk": "0"}).status_code == 422
+
+    assert httpx.get(f"{url}/healthz", timeout=10).json()["status"] == "ok"
+    assert post(content=first_image(images).read_bytes()).status_code == 200
+    assert marker not in caplog.text and "413" in caplog.text  # the access log has the status, not the body
+
+
+def test_healthz_metadata_and_the_page(served):
+    url, run, _images = served
+    health = httpx.get(f"{url}/healthz", timeout=10).json()
+    assert health["status"] == "ok" and health["backend"] == "torch"
+    meta = httpx.get(f"{url}/metadata", timeout=10).json()
+    saved = json.loads((run / "run.json").read_text())
+    assert meta["classes"] == ["cat", "dog", "owl"] and meta["model"] == "resnet18"
+    assert meta["preprocess"] == saved["preprocess"] and meta["metrics"] == saved["metrics"]
+    assert meta["backbone"]["name"] == "resnet18"
+    page = httpx.get(url + "/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    html = page.text
+    assert 'id="file"' in html and "predict" in html
+    assert "http://" not in html and "https://" not in html and "<script src" not in html  # nothing from a CDN
+
+
+def test_concurrent_requests_share_forward_passes(served):
+    url, _run, images = served
+    data = first_image(images, "dog").read_bytes()
+    before = httpx.get(f"{url}/healthz", timeout=10).json()
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda _: httpx.post(f"{url}/predict", content=data, timeout=60).status_code, range(32)))
+    assert codes == [200] * 32
+    after = httpx.get(f"{url}/healthz", timeout=10).json()
+    assert after["predictions"] - before["predictions"] == 32
+    assert after["batches"] - before["batches"] < 32  # some requests were answered together
+
+
+class _SlowNet(nn.Module):
+    def __init__(self, delay: float):
+        super().__init__()
+        self.delay = delay
+
+    def forward(self, x):
+        time.sleep(self.delay)
+        return torch.zeros(len(x), 2)
+
+
+def _slow_app(delay: float, **settings):
+    from transferkit.serve import Service, ServeSettings, create_app
+    from transferkit.transforms import Preprocess
+
+    service = Service(_SlowNet(delay), Preprocess(16, (0.5,) * 3, (0.5,) * 3), ["a", "b"],
+                      {"model": {"name": "slow"}}, "torch", "slow")
+    return create_app(service, ServeSettings(**settings))
+
+
+def test_deadline_gives_504_and_a_full_queue_503(served):
+    _url, _run, images = served
+    data = first_image(images).read_bytes()
+    with ThreadServer(_slow_app(0.6, timeout=0.2)) as server:
+        late = httpx.post(f"{server.url}/predict", content=data, timeout=30)
+        assert late.status_code == 504 and "deadline" in late.json()["error"]
+        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+    with ThreadServer(_slow_app(0.6, timeout=30, max_batch=1, max_queue=1, max_wait_ms=0)) as server:
+        with ThreadPoolExecutor(4) as pool:
+            codes = list(pool.map(lambda _: httpx.post(f"{server.url}/predict", content=data, timeout=30).status_code,
+                                  range(4)))
+        assert 503 in codes and 200 in codes and set(codes) <= {200, 503}
+
+
+def test_batcher_batches_propagates_errors_and_refuses_when_full():
+    async def scenario():
+        seen = []
+
+        def double(items):
+            seen.append(len(items))
+            if "boom" in items:
+                raise ValueError("boom")
+            return [2 * i for i in items]
+
+        batcher = DynamicBatcher(double, max_batch=4, max_wait=0.05, max_queue=8)
+        await batcher.start()
+        assert await asyncio.gather(*(batcher.submit(i) for i in range(6))) == [0, 2, 4, 6, 8, 10]
+        assert max(seen) == 4 and sum(seen) == 6
+        with pytest.raises(ValueError):
+            await batcher.submit("boom")
+        flood = [asyncio.ensure_future(batcher.submit(1)) for _ in range(20)]
+        results = await asyncio.gather(*flood, return_exceptions=True)
+        assert any(isinstance(r, Overloaded) for r in results) and 2 in results
+        assert await batcher.submit(5) == 10  # still serving
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_page_in_a_headless_browser(served):
+    url, _run, images = served
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service as ChromeService
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
+    for tool in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
+        if not os.access(tool, os.X_OK):
+            pytest.skip(f"{tool} missing: `make browser` installs Debian's chromium and chromium-driver (needs apt as root)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    os.environ.setdefault("SE_AVOID_STATS", "true")  # selenium must not phone home
+    try:
+        driver = webdriver.Chrome(service=ChromeService("/usr/bin/chromedriver"), options=options)
+    except Exception as exc:  # a browser that cannot start here is an environment problem, not a bug
+        pytest.skip(f"headless chromium did not start: {str(exc).splitlines()[0][:200]}")
+    try:
+        image = first_image(images, "dog")
+        expected = httpx.post(f"{url}/predict", content=image.read_bytes(), timeout=30).json()["predictions"]
+        driver.get(url + "/")
+        WebDriverWait(driver, 20).until(lambda d: "classes" in d.find_element(By.ID, "about").text)
+        driver.find_element(By.ID, "file").send_keys(str(image.resolve()))
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "top-label").text.strip())
+        assert driver.find_element(By.ID, "top-label").text.strip() == expected[0]["label"]
+        rows = driver.find_elements(By.CSS_SELECTOR, "#results .row .label")
+        assert [r.text for r in rows] == [p["label"] for p in expected]
+        assert driver.find_element(By.ID, "preview").get_attribute("src").startswith("blob:")
+        assert "error" not in driver.find_element(By.ID, "status").get_attribute("class")
+    finally:
+        driver.quit()
