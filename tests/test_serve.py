@@ -173,6 +173,7 @@ def test_healthz_metadata_and_the_page(served):
     page = httpx.get(url + "/", timeout=10)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
     html = page.text
     assert 'id="file"' in html and "predict" in html
     assert "http://" not in html and "https://" not in html and "<script src" not in html  # nothing from a CDN

@@ -94,6 +94,21 @@ class Service:
                            "timeout_s": settings.timeout, "max_batch": settings.max_batch}}
 
 
+class _NoSniff:
+    """Pure ASGI (BaseHTTPMiddleware would wrap the body stream): browsers must not guess types."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        async def send_with_header(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header if scope["type"] == "http" else send)
+
+
 def _limited(receive, max_bytes: int):
     """An ASGI ``receive`` that raises once more than ``max_bytes`` of body have arrived."""
     seen = 0
@@ -180,11 +195,7 @@ def create_app(service: Service, settings: ServeSettings | None = None):
         log.info("refused with %d: %s", exc.status, exc.message)  # the reason only, never the body
         return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
 
-    @app.middleware("http")
-    async def headers(request, call_next):
-        response = await call_next(request)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
+    app.add_middleware(_NoSniff)
 
     async def answer(request: Request, topk: int, start: float) -> dict:
         data = await read_image_bytes(request, settings.max_bytes)
