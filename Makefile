@@ -7,7 +7,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: setup demo test data browser clean
 
-setup: $(VENV)/.installed data browser
+setup: $(VENV)/.installed data
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ browser:
 demo: setup
 	$(VENV)/bin/transferkit demo
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
 
 clean:

@@ -26,7 +26,7 @@ def test_cache_hits_and_invalidates(tmp_path, image_folder, capsys):
     cache = ["--cache-dir", str(tmp_path / "cache")]
     first = train(capsys, image_folder, tmp_path / "r1", *cache)
     assert "on" in first and "built" in first and "training fc" in first
-    assert "reused" in train(capsys, image_folder, tmp_path / "r2", *cache)
+    assert "reused 12 images" in train(capsys, image_folder, tmp_path / "r2", *cache)
     assert "built" in train(capsys, image_folder, tmp_path / "r3", *cache, "--image-size", "40")  # preprocessing
     assert "built" in train(capsys, image_folder, tmp_path / "r4", *cache, "--freeze", "4")        # freeze point
     assert "built" in train(capsys, image_folder, tmp_path / "r5", *cache, "--seed", "4")          # other random weights
@@ -54,13 +54,14 @@ def test_changed_weights_file_rebuilds(tmp_path, image_folder, capsys):
 def test_partial_or_stale_cache_is_rebuilt(tmp_path, image_folder, capsys):
     cache = tmp_path / "cache"
     train(capsys, image_folder, tmp_path / "r1", "--cache-dir", str(cache))
-    metas = sorted(cache.glob("*/meta.json"))
-    metas[0].unlink()  # as if killed before the cache was complete
-    data = sorted(cache.glob("*/features.npy"))[1]
+    folders = sorted(p.parent for p in cache.glob("*/meta.json"))
+    assert len(folders) == 2  # train and val
+    (folders[0] / "meta.json").unlink()  # as if killed before the cache was complete
+    data = folders[1] / "features.npy"
     data.write_bytes(data.read_bytes()[:-64])  # a short file
     line = train(capsys, image_folder, tmp_path / "r2", "--cache-dir", str(cache))
-    assert "built" in line
-    assert len(list(cache.glob("*/meta.json"))) == 3
+    assert "built 12 images" in line  # both splits computed again
+    assert sorted(p.parent for p in cache.glob("*/meta.json")) == folders
 
 
 def test_cached_and_plain_training_agree(tmp_path, image_folder, capsys):

@@ -33,7 +33,8 @@ class TrainConfig:
                               "loaded: use trusted code only")
     epochs: int = opt(10, "passes over the training split")
     lr: str = opt("1e-3", "peak learning rate of the head (a float, or 'auto' to run the range test first)")
-    backbone_lr_scale: float = opt(0.1, "unfrozen backbone layers train at lr * this")
+    backbone_lr_scale: float = opt(0.1, "unfrozen backbone layers train at lr * this (1 with --weights none: "
+                                        "nothing pretrained to protect)")
     optimizer: str = opt("adamw", "adamw | adam | sgd", choices=("adamw", "adam", "sgd"))
     weight_decay: float = opt(0.05, "decoupled weight decay (not applied to biases and norms)")
     warmup_epochs: float = opt(1.0, "linear warm-up length, then cosine decay to zero")
@@ -82,6 +83,11 @@ class TrainConfig:
         if not (0 <= self.label_smoothing < 1) or self.backbone_lr_scale < 0 or self.warmup_epochs < 0:
             raise UserError("--label-smoothing must be in [0, 1); --backbone-lr-scale and --warmup-epochs >= 0")
         return self
+
+    @property
+    def backbone_scale(self) -> float:
+        """The scale actually used: a model trained from scratch trains every layer at lr."""
+        return 1.0 if self.weights == "none" else self.backbone_lr_scale
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -181,10 +181,16 @@ def export_run(run_dir: str | Path, fmt: str, opset: int = DEFAULT_OPSET, sample
     check = {}
 
     def write(tmp: str) -> None:
-        if fmt == "onnx":
-            _write_onnx(module, example, tmp, opset, meta)
-        else:
-            _write_torchscript(module, example, tmp, meta)
+        try:
+            if fmt == "onnx":
+                _write_onnx(module, example, tmp, opset, meta)
+            else:
+                _write_torchscript(module, example, tmp, meta)
+        except Exception as exc:  # an architecture the exporter cannot follow: say which, and what to try
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            other = "a newer --opset or --format torchscript" if fmt == "onnx" else "--format onnx"
+            raise UserError(f"cannot export {run['model']['name']} as {fmt} ({type(exc).__name__}: {first}); "
+                            f"try {other}") from None
         got = run_exported(fmt, tmp, x)
         check["diff"] = float((got.float() - expected.float()).abs().max())
         if not check["diff"] <= tolerance:  # also catches NaN

@@ -75,12 +75,14 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
         features[name] = build_features(front, imageset, pre, root / key, key, device, channels_last,
                                         batch_size=256 if device.type == "cpu" else 512,
                                         progress=progress, autocast=autocast)
-        built += features[name].built
+        built += len(imageset) if features[name].built else 0
         size += features[name].nbytes
     shape = "x".join(str(d) for d in features["train"].features.shape[1:])
-    what = "built" if built else "reused"
-    message = (f"feature cache: on ({cfg.freeze} frozen, no augmentation): {what} {sum(len(f) for f in features.values()):,} "
-               f"x {shape} fp16 ({size / 1e6:.0f} MB) in {root}; training {_trainable_names(tm, plan.cut)} from it")
+    reused = sum(len(f) for f in features.values()) - built
+    what = " + ".join(part for part in (f"built {built:,}" if built else "", f"reused {reused:,}" if reused else "") if part)
+    frozen_part = "backbone" if plan.cut >= len(tm.layout.stages) else f"first {plan.cut} stages"
+    message = (f"feature cache: on ({frozen_part} frozen, no augmentation): {what} images"
+               f" x {shape} fp16 ({size / 1e6:.0f} MB) in {root}; training {_trainable_names(tm, plan.cut)} from it")
 
     def to_input(raw, state, b):
         x = raw.to(device, non_blocking=True).float()

@@ -131,7 +131,7 @@ def sweep_training_path(cfg, tm, path, batches, frozen, autocast, progress, **sw
     from transferkit.freeze import param_groups, train_mode
 
     # A throwaway optimizer at lr 1: only the group ratios matter, and the real one stays untouched.
-    optimizer = make_optimizer(cfg.optimizer, param_groups(tm.net, tm.layout, 1.0, cfg.weight_decay, cfg.backbone_lr_scale), 1.0)
+    optimizer = make_optimizer(cfg.optimizer, param_groups(tm.net, tm.layout, 1.0, cfg.weight_decay, cfg.backbone_scale), 1.0)
     return range_test(path.module, batches, path.to_input, optimizer, set_train=lambda: train_mode(path.module, frozen),
                       label_smoothing=cfg.label_smoothing, autocast=autocast, progress=progress, **sweep)
 

@@ -148,7 +148,7 @@ def train(cfg: TrainConfig, splits: DataSplits | None = None) -> dict:
     eval_batch = max(batch_size, 256 if path.cached else batch_size)
     val_batches = Batches(path.sources["val"], eval_batch)
     lr = float(cfg.lr) if cfg.lr != "auto" else auto_lr(cfg, tm, path, train_batches, frozen, autocast, progress, run_dir)
-    optimizer = make_optimizer(cfg.optimizer, param_groups(tm.net, tm.layout, lr, cfg.weight_decay, cfg.backbone_lr_scale), lr)
+    optimizer = make_optimizer(cfg.optimizer, param_groups(tm.net, tm.layout, lr, cfg.weight_decay, cfg.backbone_scale), lr)
     total = cfg.epochs * len(train_batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(cfg.warmup_epochs * len(train_batches))))
     scaler = torch.amp.GradScaler("cuda") if precision == torch.float16 else None
