@@ -25,7 +25,7 @@ def test_eval_json_has_the_contract_fields(tiny_run, capsys):
     assert result["n"] > 0 and 0 <= result["top1"] <= 1 and result["top5"] == 1.0  # 2 classes: top-5 covers all
     assert set(result["per_class"]) == {"cat", "dog"}
     assert {"precision", "recall", "f1", "support"} <= set(result["per_class"]["cat"])
-    assert (tiny_run / "eval" / "test.json").is_file()
+    assert result["split"] == "val" and (tiny_run / "eval" / "val.json").is_file()  # no test split: val
 
 
 def test_predict_json_and_reload_after_moving_the_run(tiny_run, image_folder, tmp_path, capsys):

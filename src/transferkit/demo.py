@@ -17,7 +17,7 @@ from transferkit.errors import UserError
 
 RECIPE = {
     "data": "fashion-mnist", "model": "efficientnet_lite0", "weights": "imagenet", "freeze": "7",
-    "image_size": 64, "epochs": 8, "batch_size": "128", "lr": "1e-3", "backbone_lr_scale": 1.0,
+    "image_size": 64, "epochs": 5, "batch_size": "128", "lr": "1e-3", "backbone_lr_scale": 1.0,
 }
 
 

@@ -32,29 +32,43 @@ def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
 
 @dataclass
 class Batches:
-    """Index batches over a source that has ``labels`` and ``batch(index)``."""
+    """Index batches over a source that has ``labels`` and ``batch(index)``.
+
+    Under DDP (``world`` processes) ``batch_size`` is still the global batch: every process
+    takes its ``rank``-th contiguous slice of each batch of the same (seed, epoch) order, so an
+    epoch visits the images in the single-process order and resumes without sampler state.
+    """
 
     source: object
     batch_size: int
     shuffle: bool = False
     seed: int = 0
+    rank: int = 0
+    world: int = 1
 
     def __len__(self) -> int:
         n = len(self.source.labels)
         # A training batch of one image breaks BatchNorm in train mode (a BN head, a user's
-        # layer): that last image joins the batch before it instead.
-        fold = self.shuffle and n > self.batch_size and n % self.batch_size == 1
+        # layer): a last batch that would leave some process fewer than two images (with one
+        # process: a batch of one) joins the batch before it instead.
+        fold = self.shuffle and n > self.batch_size and 0 < n % self.batch_size < 2 * self.world
         return math.ceil(n / self.batch_size) - fold
 
     def order(self, epoch: int) -> torch.Tensor:
         n = len(self.source.labels)
         return torch.randperm(n, generator=epoch_generator(self.seed, epoch)) if self.shuffle else torch.arange(n)
 
+    def size(self, b: int) -> int:
+        """Images in global batch ``b`` (all processes together)."""
+        n = len(self.source.labels)
+        return n - b * self.batch_size if b == len(self) - 1 else self.batch_size
+
     def __call__(self, epoch: int, start: int = 0):
         order = self.order(epoch)
         for b in range(start, len(self)):
-            end = (b + 1) * self.batch_size if b < len(self) - 1 else len(order)
-            index = order[b * self.batch_size:end]
+            index = order[b * self.batch_size:b * self.batch_size + self.size(b)]
+            if self.world > 1:
+                index = index.tensor_split(self.world)[self.rank]
             yield b, index, self.source.batch(index), self.source.labels[index]
 
 
@@ -90,33 +104,43 @@ class StepState:
 
 def train_one_epoch(module, batches: Batches, to_input: Callable, optimizer, scheduler, state: StepState, *,
                     set_train: Callable, label_smoothing: float = 0.0, accumulate: int = 1,
-                    autocast=nullcontext, scaler=None, on_step: Callable | None = None, progress=None) -> dict:
+                    autocast=nullcontext, scaler=None, on_step: Callable | None = None, progress=None,
+                    sync: Callable | None = None) -> dict:
+    """One pass over ``batches`` from ``state.batch`` on. ``sync`` turns this process's
+    ``[loss sum, correct, images]`` of a step into every process's total (DDP), so the sums in
+    ``state`` and the numbers returned are the whole batch's on every process."""
     set_train()
-    device_loss = None
     start_time, start_n = time.perf_counter(), state.sums["n"]
     bar = progress(total=len(batches), initial=state.batch, desc=f"epoch {state.epoch + 1}", unit="batch") if progress else None
     for b, index, raw, target in batches(state.epoch, start=state.batch):
         optimizer.zero_grad(set_to_none=True)
         x_all, y_all = to_input(raw, state, b), target.to(next(module.parameters()).device, non_blocking=True)
-        batch_n = len(y_all)
-        for x, y in zip(x_all.tensor_split(accumulate), y_all.tensor_split(accumulate)):
-            if len(y) == 0:
-                continue
-            with autocast():
-                logits, aux = split_outputs(module(x))
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-                for extra in aux:
-                    loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(extra.float(), y, label_smoothing=label_smoothing)
-            weighted = loss * (len(y) / batch_n)
-            (scaler.scale(weighted) if scaler else weighted).backward()
+        # DDP averages gradients over processes: weighting this process's mean loss by
+        # images * world / global batch makes that average the single-process batch mean.
+        global_n = batches.size(b)
+        chunks = [(x, y) for x, y in zip(x_all.tensor_split(accumulate), y_all.tensor_split(accumulate)) if len(y)]
+        device_loss, correct = None, 0
+        for i, (x, y) in enumerate(chunks):
+            # DDP all-reduces gradients at every backward; the last micro-batch's is enough.
+            defer = module.no_sync() if hasattr(module, "no_sync") and i < len(chunks) - 1 else nullcontext()
+            with defer:
+                with autocast():
+                    logits, aux = split_outputs(module(x))
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                    for extra in aux:
+                        loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(extra.float(), y, label_smoothing=label_smoothing)
+                weighted = loss * (len(y) * batches.world / global_n)
+                (scaler.scale(weighted) if scaler else weighted).backward()
             device_loss = loss.detach() * len(y) if device_loss is None else device_loss + loss.detach() * len(y)
-            state.sums["correct"] += int((logits.argmax(1) == y).sum())
-        value = float(device_loss) / max(1, batch_n)
+            correct += int((logits.argmax(1) == y).sum())
+        local = [float(device_loss) if device_loss is not None else 0.0, correct, len(y_all)]
+        loss_sum, correct, batch_n = sync(local) if sync else local
+        value = loss_sum / max(1, batch_n)
         if not math.isfinite(value):
             raise NonFiniteLoss(state.epoch, state.global_step + 1, value)
-        state.sums["loss"] += float(device_loss)
-        device_loss = None
-        state.sums["n"] += batch_n
+        state.sums["loss"] += loss_sum
+        state.sums["correct"] += int(correct)
+        state.sums["n"] += int(batch_n)
         if scaler:
             scaler.step(optimizer)
             scaler.update()
@@ -141,19 +165,28 @@ def train_one_epoch(module, batches: Batches, to_input: Callable, optimizer, sch
 
 @torch.inference_mode()
 def predict_logits(module, batches: Batches, to_input: Callable, autocast=nullcontext, progress=None, desc="eval"):
-    """All logits and labels of a batch source, in order, on the CPU."""
+    """All logits and labels of a batch source, in order, on the CPU. With sharded ``batches``
+    (DDP) each process scores its share and every process gets the whole split back."""
     module.eval()
-    outs, labels = [], []
+    outs, labels, rows = [], [], []
     bar = progress(total=len(batches), desc=desc, unit="batch") if progress else None
-    for b, _index, raw, target in batches(0):
-        with autocast():
-            logits, _ = split_outputs(module(to_input(raw, None, b)))
-        outs.append(logits.float().cpu())
-        labels.append(target)
+    for b, index, raw, target in batches(0):
+        if len(index):  # a process's share of a small last batch can be empty
+            with autocast():
+                logits, _ = split_outputs(module(to_input(raw, None, b)))
+            outs.append(logits.float().cpu())
+            labels.append(target)
+            rows.append(index)
         if bar:
             bar.update(1)
     if bar:
         bar.close()
+    if batches.world > 1:
+        from transferkit.distributed import gather_rows
+
+        n, index = len(batches.source.labels), torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+        return (gather_rows(torch.cat(outs) if outs else torch.zeros(0), index, n),
+                gather_rows(torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), index, n))
     if not outs:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     return torch.cat(outs), torch.cat(labels)

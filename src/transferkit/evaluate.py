@@ -65,6 +65,8 @@ def evaluate_run(run_dir: str, data: str | None = None, split: str = "test", dev
     splits = splits if splits is not None else load_data(spec, run["config"].get("seed", 0))
     mapping = class_index_map(splits.classes, classes)
     imageset = original = splits.split(split)
+    if split == "test" and splits.test is None:
+        split = "val"  # data without a test split is scored on val: name it so everywhere
     if hasattr(imageset, "decode"):
         imageset, bad = imageset.decode(pre.size, pre.interpolation, skip_bad=False,
                                         max_pixels=max_pixels or run["config"].get("max_pixels", 89_478_485),

@@ -64,7 +64,9 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
         front = front.to(memory_format=torch.channels_last)
     root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     key_parts = {"backbone": tm.info.name, "weights_sha256": tm.info.weights_sha256, "weights": tm.info.weights,
-                 "cut": plan.cut, "stages": tm.layout.stages[:plan.cut], "pre": pre.key()}
+                 "cut": plan.cut, "pre": pre.key(),
+                 # exactly what the front computes: module paths and functional steps, in order
+                 "front": getattr(front, "tokens", None) or [type(front).__name__, tm.layout.head_input]}
     if code := model_code_sha256(tm.info.name):  # a user's edited model file is another model
         key_parts["code"] = code
     if tm.info.weights == "none":  # random weights differ by seed

@@ -6,11 +6,17 @@ is a fixed function of the image, so we compute it once, store it as fp16 in a m
 everything that changes the features (backbone, weights sha256, cut, preprocessing, data
 fingerprint, library versions); ``meta.json`` is written last, so a folder without it, or with
 a different key or a short file, is a partial or stale cache and is rebuilt.
+
+Under torchrun the processes build the cache together: rank 0 creates the file at its full
+size, each process computes a contiguous share of the rows and writes them in place, and rank 0
+renames it and writes ``meta.json`` once all are done. On several machines that needs a
+``--cache-dir`` that every machine sees (a shared filesystem).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -19,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transferkit import distributed as dist
+from transferkit.errors import UserError
 from transferkit.safeio import write_json_atomic
 from transferkit.transforms import Preprocess, prepare
 
@@ -78,34 +86,56 @@ def _valid(folder: Path, key: str, n: int) -> bool:
 @torch.inference_mode()
 def build_features(front: torch.nn.Module, imageset, pre: Preprocess, folder: Path, key: str, device,
                    channels_last: bool, batch_size: int = 256, progress=None, autocast=None) -> FeatureSet:
-    """Reuse the cache in ``folder`` when valid, else (re)build it."""
+    """Reuse the cache in ``folder`` when valid (for every process), else (re)build it."""
     n = len(imageset)
-    if _valid(folder, key, n):
-        return FeatureSet(np.load(folder / "features.npy", mmap_mode="r"), imageset.labels, folder, built=False)
-    shutil.rmtree(folder, ignore_errors=True)  # stale or partial: start over
-    folder.mkdir(parents=True, exist_ok=True)
+    built = not dist.all_true(_valid(folder, key, n))
+    if built:
+        _build(front, imageset, pre, folder, key, device, channels_last, batch_size, progress, autocast)
+    return FeatureSet(np.load(folder / "features.npy", mmap_mode="r"), imageset.labels, folder, built=built)
+
+
+def _build(front, imageset, pre, folder: Path, key: str, device, channels_last, batch_size, progress, autocast) -> None:
+    n = len(imageset)
     front.eval()
     partial = folder / "features.partial.npy"
-    store = None
-    bar = progress(total=n, desc="caching features", unit="img") if progress else None
-    for start in range(0, n, batch_size):
-        index = torch.arange(start, min(n, start + batch_size))
-        x = prepare(imageset.batch(index), pre, device, channels_last)
-        with autocast() if autocast else nullcontext():
-            out = front(x)
-        out = out.float().cpu().numpy().astype(np.float16)
-        if store is None:
-            store = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(n, *out.shape[1:]))
-        store[start:start + len(index)] = out
-        if bar:
-            bar.update(len(index))
+    forward = lambda index: _forward(front, imageset, index, pre, device, channels_last, autocast)  # noqa: E731
+    if dist.is_main():
+        shutil.rmtree(folder, ignore_errors=True)  # stale or partial: start over
+        folder.mkdir(parents=True, exist_ok=True)
+        shape = (n, *forward(torch.arange(1)).shape[1:]) if n else (0,)
+        np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape).flush()
+    dist.barrier()
+    if not dist.all_true(partial.is_file()):
+        raise UserError(f"the feature cache {folder} is not visible to every process; on several machines give "
+                        "--cache-dir a folder on a filesystem that all of them share, or pass --no-cache")
+    header = np.load(partial, mmap_mode="r")
+    offset, row_bytes = header.offset, int(np.prod(header.shape[1:], dtype=np.int64)) * 2 if n else 0
+    del header
+    mine = torch.arange(n).tensor_split(dist.world())[dist.rank()]
+    bar = progress(total=len(mine), desc="caching features", unit="img") if progress else None
+    # Plain writes at byte offsets rather than a shared memmap: on a network filesystem a
+    # memmap writes back whole pages, which would clobber the neighbouring process's rows.
+    with open(partial, "r+b") as f:
+        for start in range(0, len(mine), batch_size):
+            index = mine[start:start + batch_size]
+            f.seek(offset + int(index[0]) * row_bytes)
+            f.write(np.ascontiguousarray(forward(index)).tobytes())
+            if bar:
+                bar.update(len(index))
+        f.flush()
+        os.fsync(f.fileno())  # on disk before rank 0 renames the file for everyone
     if bar:
         bar.close()
-    if store is None:
-        store = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(0,))
-    store.flush()
-    shape = list(store.shape[1:])
-    del store
-    partial.replace(folder / "features.npy")
-    write_json_atomic(folder / "meta.json", {"key": key, "n": n, "shape": shape, "dtype": "float16"})
-    return FeatureSet(np.load(folder / "features.npy", mmap_mode="r"), imageset.labels, folder, built=True)
+    dist.barrier()
+    if dist.is_main():
+        shape = list(np.load(partial, mmap_mode="r").shape[1:])
+        partial.replace(folder / "features.npy")
+        write_json_atomic(folder / "meta.json", {"key": key, "n": n, "shape": shape, "dtype": "float16"})
+    dist.barrier()
+
+
+def _forward(front, imageset, index, pre, device, channels_last, autocast) -> np.ndarray:
+    x = prepare(imageset.batch(index), pre, device, channels_last)
+    with autocast() if autocast else nullcontext():
+        out = front(x)
+    return out.float().cpu().numpy().astype(np.float16)

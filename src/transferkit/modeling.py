@@ -84,6 +84,14 @@ class TimmHead(TimmFeatures):
         return self.model.forward_head(x)
 
 
+def _stateless(net: nn.Module, token: str) -> bool:
+    if token in FUNCTIONAL:
+        return True
+    module = get_module(net, token)
+    has_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in module.modules())
+    return not has_dropout and not any(True for _ in module.parameters()) and not any(True for _ in module.buffers())
+
+
 def split_model(tm: TransferModel, cut: int) -> tuple[nn.Module, nn.Module] | None:
     """``(front, back)`` with ``back(front(x)) == net(x)`` in eval mode, cut after ``cut`` stages.
 
@@ -94,6 +102,11 @@ def split_model(tm: TransferModel, cut: int) -> tuple[nn.Module, nn.Module] | No
         return None
     if layout.chain is not None:
         boundary = layout.stage_ends[min(cut, len(layout.stages)) - 1]
+        if cut >= len(layout.stages):
+            # Pooling and flattening have nothing to train: cache after them. 1280 numbers per image
+            # instead of 1280x7x7 for EfficientNet. Dropout stays behind: it must stay random.
+            while boundary < len(layout.chain) and _stateless(net, layout.chain[boundary]):
+                boundary += 1
         return Chain(net, layout.chain[:boundary]), Chain(net, layout.chain[boundary:])
     if cut < len(layout.stages):
         return None

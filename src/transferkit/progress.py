@@ -1,4 +1,8 @@
-"""Progress bars on a terminal, plain log lines otherwise (or with --quiet)."""
+"""Progress bars on a terminal, plain log lines otherwise (or with --quiet).
+
+Under torchrun only rank 0 reports: the other processes would repeat (or interleave) the same
+lines, so their progress and log lines go nowhere. Errors still reach everyone's stderr.
+"""
 from __future__ import annotations
 
 import sys
@@ -34,11 +38,20 @@ class PlainProgress:
         return iter(())
 
 
+class SilentProgress(PlainProgress):
+    def _print(self):
+        pass
+
+
 def make_progress(quiet: bool = False):
     """A factory with tqdm's signature: tqdm on an interactive stderr, plain lines otherwise."""
-    if quiet or not sys.stderr.isatty():
+    from transferkit.distributed import is_main
+
+    if quiet or not sys.stderr.isatty() or not is_main():
+        kind = PlainProgress if is_main() else SilentProgress
+
         def plain(iterable=None, **kwargs):
-            bar = PlainProgress(**kwargs)
+            bar = kind(**kwargs)
             if iterable is None:
                 return bar
             def run():
@@ -54,4 +67,7 @@ def make_progress(quiet: bool = False):
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    from transferkit.distributed import is_main
+
+    if is_main():
+        print(message, file=sys.stderr, flush=True)

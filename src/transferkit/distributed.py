@@ -1,0 +1,259 @@
+"""Several processes, one training run: the torchrun (PyTorch DDP) plumbing in one place.
+
+``torchrun --nproc_per_node=N -m transferkit train ...`` starts N copies of the program and
+tells each its place through the environment (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT).
+Every helper here is a no-op in a plain single process, so the trainer calls them
+unconditionally and reads the same either way. Rank 0 ("main") is the only process that writes
+files or prints; the others compute, and print only errors.
+
+Collectives work on whatever backend the process group has: NCCL when the processes train on
+GPUs (one per process, ``cuda:LOCAL_RANK``), gloo on the CPU.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+from transferkit.errors import UserError
+
+_state = {"started_here": False, "comm": None}  # comm: the device collectives run on (cuda with NCCL)
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def launched() -> bool:
+    """Started by torchrun (or another launcher that sets the same variables)."""
+    return all(name in os.environ for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
+
+
+def world() -> int:
+    return _env_int("WORLD_SIZE", 1) if launched() else 1
+
+
+def rank() -> int:
+    return _env_int("RANK", 0) if launched() else 0
+
+
+def local_rank() -> int:
+    return _env_int("LOCAL_RANK", 0) if launched() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def restart_count() -> int:
+    """How often torchrun (``--max-restarts``) has started this worker group again after a failure."""
+    return _env_int("TORCHELASTIC_RESTART_COUNT", 0) if launched() else 0
+
+
+def active() -> bool:
+    if not launched():
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def setup(device_spec: str):
+    """This process's device; under torchrun also join the process group (once per process)."""
+    import torch
+
+    from transferkit.devices import pick_device
+
+    device = pick_device(device_spec)
+    if not launched():
+        return device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        if device_spec not in ("auto", "cuda"):
+            raise UserError(f"--device {device_spec}: under torchrun each process uses cuda:LOCAL_RANK; "
+                            "use --device auto or cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
+        if local_rank() >= torch.cuda.device_count():
+            raise UserError(f"torchrun started process {local_rank()} of this node, which has only "
+                            f"{torch.cuda.device_count()} GPU(s); use --nproc_per_node={torch.cuda.device_count()}")
+        device = torch.device("cuda", local_rank())
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+        _state["started_here"] = True
+    _state["comm"] = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    return device
+
+
+def backend() -> str | None:
+    if not active():
+        return None
+    import torch.distributed as dist
+
+    return dist.get_backend()
+
+
+def _comm():
+    import torch
+
+    return _state["comm"] or torch.device("cpu")
+
+
+def cleanup() -> None:
+    """Leave the process group, if ``setup`` joined it (a caller's own group is left alone)."""
+    if _state["started_here"] and active():
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    _state["started_here"], _state["comm"] = False, None
+
+
+@contextmanager
+def scope():
+    """``with scope(): ...``: whatever ``setup`` joins inside is left on the way out, errors included."""
+    try:
+        yield
+    finally:
+        cleanup()
+
+
+def barrier() -> None:
+    if active():
+        import torch.distributed as dist
+
+        dist.barrier(device_ids=[_comm().index] if _comm().type == "cuda" else None)
+
+
+def all_reduce(values: list[float], op: str = "sum") -> list[float]:
+    """Element-wise sum (or min, max) of every process's ``values``; float64, so counts stay exact."""
+    if not active():
+        return [float(v) for v in values]
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm())
+    dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
+    return tensor.tolist()
+
+
+def all_true(flag: bool) -> bool:
+    return all_reduce([1.0 if flag else 0.0], "min")[0] > 0
+
+
+def any_true(flag: bool) -> bool:
+    return all_reduce([1.0 if flag else 0.0], "max")[0] > 0
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` (picklable) on every process."""
+    if not active():
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=_comm())
+    return box[0]
+
+
+def all_gather_objects(obj) -> list:
+    """Every process's ``obj``, in rank order, on every process."""
+    if not active():
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_module(module, buffers_only: bool = False) -> None:
+    """Overwrite parameters and buffers with rank 0's, in place: weights only rank 0 could read
+    from a file, or BatchNorm statistics, which each DDP process updates from its own share
+    of the batch."""
+    if not active():
+        return
+    import torch.distributed as dist
+
+    tensors = list(module.buffers()) + ([] if buffers_only else list(module.parameters()))
+    for tensor in tensors:
+        shared = tensor.data.to(_comm()).contiguous()  # channels_last weights are not "contiguous"
+        dist.broadcast(shared, src=0)
+        if shared.data_ptr() != tensor.data.data_ptr():
+            tensor.data.copy_(shared)
+
+
+def gather_rows(rows, index, n: int):
+    """Put each process's ``rows`` (row i is item ``index[i]`` of an ``n``-item split) back together
+    in split order, on every process. Processes may hold different numbers of rows (even none)."""
+    import torch
+
+    if not active():
+        out = torch.empty((n, *rows.shape[1:]), dtype=rows.dtype)
+        out[index] = rows
+        return out
+    import torch.distributed as dist
+
+    meta = all_gather_objects((len(index), tuple(rows.shape[1:]), rows.dtype))
+    counts = [m[0] for m in meta]
+    if sum(counts) != n:
+        raise RuntimeError(f"gathered {sum(counts)} rows for a split of {n}")
+    trailing, dtype = next(((m[1], m[2]) for m in meta if m[0]), (tuple(rows.shape[1:]), rows.dtype))
+    most = max(counts)
+    # gloo and NCCL gather equal shapes only: pad every share to the largest.
+    padded = torch.zeros((most, *trailing), dtype=dtype, device=_comm())
+    padded_index = torch.zeros(most, dtype=torch.long, device=_comm())
+    if len(index):
+        padded[:len(index)] = rows.to(_comm())
+        padded_index[:len(index)] = index.to(_comm())
+    parts = [torch.empty_like(padded) for _ in counts]
+    positions = [torch.empty_like(padded_index) for _ in counts]
+    dist.all_gather(parts, padded)
+    dist.all_gather(positions, padded_index)
+    out = torch.empty((n, *trailing), dtype=dtype)
+    for count, part, where in zip(counts, parts, positions):
+        out[where[:count].cpu()] = part[:count].cpu()
+    return out
+
+
+def ddp(module, device, sample, set_train):
+    """``module`` in DistributedDataParallel (only its trainable parameters are synchronised).
+
+    ``find_unused_parameters`` costs an extra graph walk every step, so it is switched on only
+    when a trial forward on ``sample`` (train mode) leaves some trainable parameter without a
+    gradient, e.g. a user's layer that forward never calls: without it DDP would wait forever
+    for that gradient.
+    """
+    if not active():
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    unused = _has_unused_parameters(module, device, sample, set_train)
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=unused)
+
+
+def _has_unused_parameters(module, device, sample, set_train) -> bool:
+    import torch
+
+    from transferkit.engine import split_outputs
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    buffers = [b.detach().clone() for b in module.buffers()]
+    was_training = module.training
+    # Forked RNG and restored buffers: the trial must not move dropout's random stream or
+    # BatchNorm's running statistics, or the run would no longer repeat a single-process one.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        set_train()
+        logits, aux = split_outputs(module(sample))
+        total = logits.float().sum() + sum(a.float().sum() for a in aux)
+        grads = torch.autograd.grad(total, params, allow_unused=True)
+    with torch.no_grad():
+        for saved, buffer in zip(buffers, module.buffers()):
+            buffer.copy_(saved)
+    module.train(was_training)
+    return any(g is None for g in grads)
