@@ -93,8 +93,9 @@ def test_embed_writes_features_with_labels_and_paths(tiny_run, image_folder, tmp
     assert set(data["split"].tolist()) == {"train", "val"}
 
 
-def test_embed_with_a_pretrained_model_on_a_builtin(tmp_path, capsys):
-    out = tmp_path / "digits.npz"
-    assert main(["embed", "--model", "efficientnet_lite0", "digits", "--out", str(out), "--quiet"]) == 0
+def test_embed_with_a_pretrained_model(tmp_path, image_folder, capsys):
+    out = tmp_path / "emb.npz"
+    assert main(["embed", "--model", "efficientnet_lite0", str(image_folder), "--out", str(out), "--quiet"]) == 0
     data = np.load(out)
-    assert data["embedding"].shape == (1797, 1280) and data["label"].max() == 9
+    assert data["embedding"].shape == (12, 1280) and np.isfinite(data["embedding"]).all()
+    assert sorted(set(data["label_name"].tolist())) == ["cat", "dog"]

@@ -230,11 +230,16 @@ def ddp(module, device, sample, set_train):
     """
     if not active():
         return module
+    import torch
     from torch.nn.parallel import DistributedDataParallel
 
+    if sample.dim() == 4 and sample.is_contiguous(memory_format=torch.channels_last):
+        # DDP's gradient buckets take each parameter's layout: with channels_last inputs the
+        # convolutions' gradients come out channels_last, so give the weights that layout too.
+        module.to(memory_format=torch.channels_last)
     unused = _has_unused_parameters(module, device, sample, set_train)
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=unused)
+                                   find_unused_parameters=unused, gradient_as_bucket_view=True)
 
 
 def _has_unused_parameters(module, device, sample, set_train) -> bool:

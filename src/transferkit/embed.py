@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transferkit import distributed as dist
 from transferkit.dataspec import load_data
-from transferkit.devices import pick_device, uses_convolutions
+from transferkit.devices import uses_convolutions
 from transferkit.engine import Batches, predict_logits
 from transferkit.errors import UserError
 from transferkit.modeling import HeadInput
@@ -48,11 +49,18 @@ def embedder(run_dir: str | None, model: str | None):
 
 def embed(source: str, data: str, out: str, from_run: bool, device: str = "auto", batch_size: int = 128,
           progress=None, seed: int = 0) -> dict:
+    """Embed every split of ``data`` into ``out``. Under torchrun each process embeds a share of
+    every split and rank 0 writes the gathered file."""
+    with dist.scope():
+        return _embed(source, data, out, from_run, device, batch_size, progress, seed)
+
+
+def _embed(source, data, out, from_run, device, batch_size, progress, seed) -> dict:
     out_path = Path(out)
     if out_path.suffix not in (".npz", ".parquet"):
         raise UserError(f"--out {out}: use a .npz or .parquet file name")
     module, pre = embedder(source if from_run else None, None if from_run else source)
-    dev = pick_device(device)
+    dev = dist.setup(device)
     channels_last = uses_convolutions(module)
     module = module.to(dev)
     splits = load_data(data, seed)
@@ -65,7 +73,7 @@ def embed(source: str, data: str, out: str, from_run: bool, device: str = "auto"
             imageset, bad = imageset.decode(pre.size, pre.interpolation, skip_bad=False)
             if imageset is None:
                 raise UserError(f"{len(bad)} unusable image(s), e.g. {bad[0].path} ({bad[0].reason})")
-        feats, labels = predict_logits(module, Batches(imageset, batch_size),
+        feats, labels = predict_logits(module, Batches(imageset, batch_size, rank=dist.rank(), world=dist.world()),
                                        lambda raw, _s, _b: prepare(raw, pre, dev, channels_last),
                                        progress=progress, desc=f"embedding {name}")
         rows["embedding"].append(feats.numpy().astype(np.float32))
@@ -73,6 +81,9 @@ def embed(source: str, data: str, out: str, from_run: bool, device: str = "auto"
         rows["split"] += [name] * len(labels)
         rows["path"] += list(imageset.paths) if getattr(imageset, "paths", None) else [""] * len(labels)
     embedding, label = np.concatenate(rows["embedding"]), np.concatenate(rows["label"])
+    result = {"out": str(out_path), "n": int(len(label)), "dim": int(embedding.shape[1])}
+    if not dist.is_main():
+        return result
     out_path.parent.mkdir(parents=True, exist_ok=True)
     from transferkit.safeio import atomic_write
 
@@ -91,4 +102,4 @@ def embed(source: str, data: str, out: str, from_run: bool, device: str = "auto"
         table = pa.table({"embedding": list(embedding), "label": label,
                           "label_name": [splits.classes[i] for i in label], "split": rows["split"], "path": rows["path"]})
         atomic_write(out_path, lambda tmp: pq.write_table(table, tmp))
-    return {"out": str(out_path), "n": int(len(label)), "dim": int(embedding.shape[1])}
+    return result

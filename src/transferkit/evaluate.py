@@ -5,8 +5,9 @@ from pathlib import Path
 
 import torch
 
+from transferkit import distributed as dist
 from transferkit.dataspec import load_data
-from transferkit.devices import pick_device, uses_convolutions
+from transferkit.devices import uses_convolutions
 from transferkit.engine import Batches, predict_logits
 from transferkit.errors import UserError
 from transferkit.metrics import score
@@ -59,7 +60,13 @@ def save_outputs(run_dir: str | Path, split: str, logits: torch.Tensor, labels: 
 def evaluate_run(run_dir: str, data: str | None = None, split: str = "test", device: str = "auto",
                  batch_size: int = 128, progress=None, max_pixels: int | None = None, splits=None) -> dict:
     """Score ``run_dir`` on ``split`` of ``data`` (the run's own data when None); ``splits``: ready
-    DataSplits from the Python API instead of a spec."""
+    DataSplits from the Python API instead of a spec. Under torchrun each process scores a share
+    of the split, all get the whole result, and rank 0 writes the files."""
+    with dist.scope():
+        return _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits)
+
+
+def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits) -> dict:
     tm, pre, classes, run = load_run(run_dir)
     spec = splits.spec if splits is not None else data or run["config"]["data"]
     splits = splits if splits is not None else load_data(spec, run["config"].get("seed", 0))
@@ -74,16 +81,18 @@ def evaluate_run(run_dir: str, data: str | None = None, split: str = "test", dev
                                                                                           unit="img")))
         if imageset is None:
             raise UserError(f"{len(bad)} unusable image(s): " + "; ".join(f"{b.path} ({b.reason})" for b in bad[:10]))
-    dev = pick_device(device)
+    dev = dist.setup(device)
     net = tm.net.to(dev)
     channels_last = uses_convolutions(net)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    logits, labels = predict_logits(net, Batches(imageset, batch_size),
+    logits, labels = predict_logits(net, Batches(imageset, batch_size, rank=dist.rank(), world=dist.world()),
                                     lambda raw, _s, _b: prepare(raw, pre, dev, channels_last),
                                     progress=progress, desc=f"eval {split}")
     result = score(logits, mapping[labels], classes)
     result.update({"split": split, "data": spec, "run": str(run_dir)})
+    if not dist.is_main():
+        return result
     save_outputs(run_dir, split, logits, mapping[labels], original, imageset, spec)
     write_json_atomic(Path(run_dir) / "eval" / f"{split}.json", result)
     _append_metrics_row(Path(run_dir), split, result)

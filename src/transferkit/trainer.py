@@ -137,6 +137,7 @@ def _train(cfg: TrainConfig, splits: DataSplits | None) -> dict:
         raise UserError("under torchrun give --out RUN_DIR: every process (and every restart) must use the same run directory")
     resume_state = _restarted_state(cfg)
     if resume_state:
+        log(f"torchrun restart {dist.restart_count()}: continuing {cfg.out} from its checkpoint")
         cfg = replace(cfg, resume=True)
     run_dir = _prepare_run_dir(cfg)
     if cfg.resume:

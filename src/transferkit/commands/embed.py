@@ -16,6 +16,7 @@ def register(sub):
 
 
 def run(args) -> int:
+    from transferkit.distributed import is_main
     from transferkit.embed import embed
     from transferkit.progress import make_progress
 
@@ -28,5 +29,7 @@ def run(args) -> int:
             raise UserError("give RUN_DIR and DATA (or --model NAME and DATA)")
         (source, data), from_run = args.inputs, True
     result = embed(source, data, args.out, from_run, args.device, progress=make_progress(args.quiet))
+    if not is_main():  # under torchrun rank 0 writes and prints
+        return 0
     print(f"wrote {result['n']:,} embeddings of dimension {result['dim']} to {result['out']}")
     return 0

@@ -18,6 +18,7 @@ def register(sub):
 
 
 def run(args) -> int:
+    from transferkit.distributed import is_main
     from transferkit.errors import UserError
     from transferkit.evaluate import evaluate_run, format_table, outputs_path
     from transferkit.progress import make_progress
@@ -25,6 +26,8 @@ def run(args) -> int:
     if args.report and not args.report.lower().endswith((".html", ".htm")):
         raise UserError(f"--report must name an .html file, got '{args.report}'")
     result = evaluate_run(args.run_dir, args.data, args.split, args.device, progress=make_progress(args.quiet))
+    if not is_main():  # under torchrun rank 0 prints and writes
+        return 0
     print(json.dumps(result, indent=2) if args.format == "json" else format_table(result))
     if args.report:
         from transferkit.report import write_report

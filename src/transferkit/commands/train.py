@@ -15,6 +15,7 @@ def register(sub):
 
 def run(args) -> int:
     from transferkit.config import TrainConfig, build_config
+    from transferkit.distributed import is_main
     from transferkit.trainer import Interrupted, train
 
     flags = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
@@ -22,8 +23,11 @@ def run(args) -> int:
     try:
         result = train(cfg)
     except Interrupted as exc:
-        print(f"transferkit train: {exc}", file=sys.stderr)
+        if is_main():  # under torchrun every process stops; one says so
+            print(f"transferkit train: {exc}", file=sys.stderr)
         return 130
+    if not is_main():
+        return 0
     m = result["metrics"]
     print(f"{result['split']} top1 {m['top1']:.4f} top5 {m['top5']:.4f} (n={m['n']}, best epoch {result['best_epoch']})")
     print(f"run directory: {result['run_dir']}")
