@@ -39,3 +39,19 @@ def test_predict_json_and_reload_after_moving_the_run(tiny_run, image_folder, tm
     assert [p["label"] for p in first] and {p["label"] for p in first} <= {"cat", "dog"}
     assert abs(sum(p["prob"] for p in first) - 1.0) < 1e-4
     assert all(0 <= p["index"] < 2 for p in first)
+
+
+def test_demo_runs_its_recipe_end_to_end(tmp_path, monkeypatch, capsys):
+    """The demo's own steps on a small recipe (the real one is `make demo`, timed in benchmarks/)."""
+    from transferkit import demo
+
+    monkeypatch.setitem(demo.RECIPE, "data", "digits")
+    monkeypatch.setitem(demo.RECIPE, "image_size", 32)
+    monkeypatch.setitem(demo.RECIPE, "epochs", 1)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "recipe: efficientnet_lite0" in printed and "first 7 stages frozen" in printed
+    assert "digits test set (360 images): top-1" in printed and "feature cache on" in printed
+    assert len(list((out / "samples").glob("*.png"))) == 5 and (out / "model.safetensors").is_file()
+    assert main(["demo", "--out", str(out), "--quiet"]) == 0  # a second demo replaces its own run

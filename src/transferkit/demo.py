@@ -27,13 +27,13 @@ def describe_recipe(recipe: dict) -> str:
             f"(batch {recipe['batch_size']}, lr {recipe['lr']})")
 
 
-def _save_samples(run_dir: Path, count: int = 5) -> list[tuple[str, str]]:
+def _save_samples(run_dir: Path, data: str, count: int = 5) -> list[tuple[str, str]]:
     """A few test images as PNG files, to show `predict` on real files."""
     from PIL import Image
 
     from transferkit.dataspec import load_data
 
-    test = load_data("fashion-mnist").test
+    test = load_data(data).test
     folder = run_dir / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -64,7 +64,7 @@ def run_demo(out: str, epochs: int | None = None, quiet: bool = False) -> int:
     seconds = time.perf_counter() - start
     m = result["metrics"]
     tm, pre, classes, _ = load_run(run_dir)
-    samples = _save_samples(run_dir)
+    samples = _save_samples(run_dir, recipe["data"])
     predictions = predict_images(tm.net, pre, classes, [p for p, _ in samples], topk=3)
     print("\npredictions on test images saved as files:")
     for (path, truth), pred in zip(samples, predictions):
@@ -72,7 +72,7 @@ def run_demo(out: str, epochs: int | None = None, quiet: bool = False) -> int:
         mark = "ok " if best["label"] == truth else "MISS"
         print(f"  {mark} {Path(path).name}: {best['label']} ({best['prob']:.1%}), true {truth}")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\nFashion-MNIST test set ({m['n']:,} images): top-1 {m['top1']:.2%}, top-5 {m['top5']:.2%}")
+    print(f"\n{recipe['data']} test set ({m['n']:,} images): top-1 {m['top1']:.2%}, top-5 {m['top5']:.2%}")
     print(f"time {seconds / 60:.1f} min, peak memory {peak_mb:,.0f} MB, feature cache {'on' if result['cached'] else 'off'}")
     print(f"run directory: {run_dir}  (try: transferkit eval {run_dir})")
     sys.stdout.flush()

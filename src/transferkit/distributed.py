@@ -81,10 +81,13 @@ def setup(device_spec: str):
         device = torch.device("cuda", local_rank())
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        if device.type == "cuda":
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
+        # torchrun's store outlives a failed attempt: under a key prefix per attempt, the workers
+        # it restarts cannot read the addresses the dead ones left there (we saw gloo try to
+        # connect to a killed rank's port and give up).
+        store, _, _ = next(dist.rendezvous("env://"))
+        store = dist.PrefixStore(f"transferkit/attempt_{restart_count()}", store)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank(),
+                                world_size=world(), device_id=device if device.type == "cuda" else None)
         _state["started_here"] = True
     _state["comm"] = device if dist.get_backend() == "nccl" else torch.device("cpu")
     return device

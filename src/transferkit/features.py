@@ -30,7 +30,7 @@ from transferkit.errors import UserError
 from transferkit.safeio import write_json_atomic
 from transferkit.transforms import Preprocess, prepare
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: uint8 resize on the CPU
 
 
 def default_cache_dir() -> Path:

@@ -36,6 +36,16 @@ def _download_failed(what: str, exc: Exception) -> UserError:
     return UserError(f"cannot download {what} ({type(exc).__name__}: {first}); {OFFLINE_HINT}")
 
 
+def require_host(host: str, what: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not after a minute of a client's retries, when ``host`` is unreachable."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as exc:
+        raise _download_failed(f"{what} ({host} unreachable)", exc) from None
+
+
 def _packaged_file(name: str) -> Path | None:
     _, _, module = PACKAGED[name]
     if not package_available(module):
@@ -100,6 +110,7 @@ def resolve_imagenet(name: str, kind: str, model):
             return state, f"package {PACKAGED[name][1]} ({shipped.name})", sha256_file(shipped)
         import timm
 
+        require_host("huggingface.co", f"timm weights for {arch}")
         try:
             pretrained = timm.create_model(arch, pretrained=True)
         except Exception as exc:
