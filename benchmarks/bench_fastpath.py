@@ -47,7 +47,6 @@ def ours(size: int, train_limit: int, epochs: int, freeze: str, batch_size: int)
 
 def pipeline(size: int, n: int = 10000, batch_size: int = 256) -> dict:
     """images/s: torchvision dataset + PIL transforms + DataLoader vs uint8 tensors + batched prepare()."""
-    import torch
 
     import seed_recipe
     from transferkit.dataspec import load_data

@@ -88,3 +88,16 @@ def isolated_registry():
         if name.startswith("transferkit_user_"):
             del sys.modules[name]
     plugins.load_entry_points.cache_clear()
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def user_copy(tmp_path: Path, name: str) -> Path:
+    """A copy of an example file that the test may move or delete."""
+    import shutil
+
+    target = tmp_path / "src" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(EXAMPLES / name, target)
+    return target

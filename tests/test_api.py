@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,21 +12,13 @@ import torch
 from PIL import Image
 
 import transferkit as tk
-from conftest import fresh_process
+from conftest import EXAMPLES, fresh_process, user_copy
 from transferkit.errors import UserError
 from transferkit.plugins import load_plugins
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCRATCH = dict(weights="none", freeze="none", image_size=8, epochs=1, lr=1e-2, backbone_lr_scale=1,
                warmup_epochs=0, quiet=True)
 pytestmark = pytest.mark.usefixtures("isolated_registry")
-
-
-def user_copy(tmp_path: Path, name: str) -> Path:
-    target = tmp_path / "src" / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(EXAMPLES / name, target)
-    return target
 
 
 class Digits(torch.utils.data.Dataset):

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import make_image_folder
 from transferkit.cli import main
 from transferkit.safeio import load_torch_file
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -17,23 +16,14 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import fresh_process
+from conftest import fresh_process, user_copy
 from transferkit import plugins
 from transferkit.cli import main
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # Small and fast: from-scratch models need the full learning rate on every layer.
 SCRATCH = ["--data", "digits", "--weights", "none", "--image-size", "8", "--epochs", "1", "--lr", "1e-2",
            "--backbone-lr-scale", "1", "--warmup-epochs", "0", "--quiet"]
 pytestmark = pytest.mark.usefixtures("isolated_registry")
-
-
-def user_copy(tmp_path: Path, name: str) -> Path:
-    """A copy of an example file the test may delete."""
-    target = tmp_path / "src" / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(EXAMPLES / name, target)
-    return target
 
 
 @pytest.fixture

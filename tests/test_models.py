@@ -1,7 +1,6 @@
 """Backbones: every torchvision classifier gets a working new head; freezing; weights without a network."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

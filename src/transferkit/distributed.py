@@ -16,7 +16,8 @@ from contextlib import contextmanager
 
 from transferkit.errors import UserError
 
-_state = {"started_here": False, "comm": None}  # comm: the device collectives run on (cuda with NCCL)
+# comm: the device collectives run on (cuda with NCCL); groups: process groups joined so far
+_state = {"started_here": False, "comm": None, "groups": 0}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -81,11 +82,12 @@ def setup(device_spec: str):
         device = torch.device("cuda", local_rank())
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        # torchrun's store outlives a failed attempt: under a key prefix per attempt, the workers
-        # it restarts cannot read the addresses the dead ones left there (we saw gloo try to
-        # connect to a killed rank's port and give up).
+        # torchrun's store outlives a process group, and a failed attempt's workers: under a key
+        # prefix per attempt and per group, no process reads the address a dead or departed one
+        # left there (we saw gloo connect to a killed rank's port, fail, and give up).
+        _state["groups"] += 1
         store, _, _ = next(dist.rendezvous("env://"))
-        store = dist.PrefixStore(f"transferkit/attempt_{restart_count()}", store)
+        store = dist.PrefixStore(f"transferkit/attempt_{restart_count()}/group_{_state['groups']}", store)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank(),
                                 world_size=world(), device_id=device if device.type == "cuda" else None)
         _state["started_here"] = True
