@@ -49,12 +49,13 @@ def pipeline(size: int, n: int = 54000, batch_size: int = 256) -> dict:
     """images/s: torchvision dataset + PIL transforms + DataLoader vs uint8 tensors + batched prepare()."""
     import torch
 
-
     import seed_recipe
+    from transferkit.cputuning import tune_malloc
     from transferkit.dataspec import load_data
     from transferkit.engine import Batches
     from transferkit.transforms import Preprocess, prepare
 
+    tune_malloc()  # as the transferkit command does at start; both sides get it (see cputuning.py)
     result = {}
     for workers in (0, 2):
         loader, _ = seed_recipe.loaders(size, n, batch_size, workers)

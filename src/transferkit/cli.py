@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from transferkit.cputuning import tune_malloc
+
+    tune_malloc()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -45,15 +45,20 @@ def resize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
 def prepare(batch: torch.Tensor, pre: Preprocess, device: torch.device | str = "cpu",
             channels_last: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``(N, 1|3, H, W)`` uint8 -> ``(N, 3, size, size)`` normalised floats on ``device``."""
-    x = resize(batch.to(device, non_blocking=True), pre)
-    # (x - 255 mean) / (255 std) as one fused multiply-add that also broadcasts 1 channel to 3
-    # and writes straight into the memory layout the model wants.
-    scale = 1.0 / (255.0 * torch.tensor(pre.std, device=x.device, dtype=torch.float32)).view(1, 3, 1, 1)
-    shift = -torch.tensor(pre.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) / torch.tensor(
-        pre.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
-    out = torch.empty((x.shape[0], 3, pre.size, pre.size), device=x.device, dtype=torch.float32,
+    batch = batch.to(device, non_blocking=True)
+    mean = torch.tensor(pre.mean, device=batch.device, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, device=batch.device, dtype=torch.float32).view(1, 3, 1, 1)
+    scale, shift = 1.0 / (255.0 * std), -mean / std
+    out = torch.empty((batch.shape[0], 3, pre.size, pre.size), device=batch.device, dtype=torch.float32,
                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    torch.addcmul(shift, x.float(), scale, out=out)
+    # On the CPU, slices small enough for the resize's intermediates to stay in cache run about
+    # twice as fast as the whole batch at once; a GPU wants the whole batch.
+    step = 64 if batch.device.type == "cpu" else max(1, batch.shape[0])
+    for start in range(0, batch.shape[0], step):
+        x = resize(batch[start:start + step], pre)
+        # (x - 255 mean) / (255 std) as one fused multiply-add that also broadcasts 1 channel to
+        # 3 and writes straight into the memory layout the model wants.
+        torch.addcmul(shift, x.float(), scale, out=out[start:start + step])
     return out if dtype == torch.float32 else out.to(dtype)
 
 
