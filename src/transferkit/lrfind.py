@@ -165,35 +165,17 @@ def auto_lr(cfg, tm, path, batches, frozen, autocast, progress, run_dir: Path) -
 def find_lr(cfg, progress=None, **sweep) -> LRFinding:
     """``transferkit lr-find``: build data, model and training path the way ``train`` does, then sweep."""
     from transferkit.dataspec import load_data
-    from transferkit.devices import auto_batch_size, pick_device
+    from transferkit.devices import pick_device
     from transferkit.engine import Batches, amp_dtype, autocast_for
-    from transferkit.errors import UserError
-    from transferkit.fastpath import choose_path
-    from transferkit.freeze import apply_freeze, plan_freeze
     from transferkit.modeling import create_model
-    from transferkit.progress import log
-    from transferkit.shapecheck import check_shapes
-    from transferkit.trainer import decode_files, seed_everything
-    from transferkit.transforms import Preprocess, prepare
+    from transferkit.trainer import global_batch, seed_everything, training_path
 
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     autocast = autocast_for(amp_dtype(device, cfg.amp))
     splits = load_data(cfg.data, cfg.seed)
     tm = create_model(cfg.model, len(splits.classes), cfg.weights, cfg.head)
-    pre = Preprocess(cfg.image_size or tm.info.input_size, tm.info.mean, tm.info.std, tm.info.interpolation)
-    plan = plan_freeze(tm.net, tm.layout, cfg.freeze)
-    frozen = apply_freeze(tm.net, tm.layout, plan)
-    tm.net.to(device)
-    sets = decode_files({"train": splits.train}, pre, cfg, progress)  # the sweep only ever sees training images
-    if len(sets["train"]) == 0:
-        raise UserError(f"data '{cfg.data}' has no training images")
-    check_shapes(tm.net, prepare(sets["train"].batch(torch.arange(min(2, len(sets["train"])))), pre, device),
-                 len(splits.classes))
-    path = choose_path(cfg, tm, plan, sets, pre, device, autocast, progress)
-    log(path.message)
-    sample = path.to_input(path.sources["train"].batch(torch.arange(1)), None, 0)
-    batch_size = (auto_batch_size(path.module, tuple(sample.shape[1:]), device, autocast, len(path.sources["train"]))
-                  if cfg.batch_size == "auto" else int(cfg.batch_size))
-    batches = Batches(path.sources["train"], batch_size, shuffle=True, seed=cfg.seed)
+    # the sweep only ever sees training images
+    _, _, frozen, _, path = training_path(cfg, tm, {"train": splits.train}, device, autocast, progress)
+    batches = Batches(path.sources["train"], global_batch(cfg, path, device, autocast), shuffle=True, seed=cfg.seed)
     return sweep_training_path(cfg, tm, path, batches, frozen, autocast, progress, **sweep)

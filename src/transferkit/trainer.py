@@ -77,6 +77,30 @@ def decode_files(sets: dict, pre: Preprocess, cfg: TrainConfig, progress) -> dic
     return out
 
 
+def training_path(cfg: TrainConfig, tm, sets: dict, device, autocast, progress):
+    """What train and lr-find share: preprocessing, freezing, decoded images, a dry forward of a
+    real batch, and the chosen input path (feature cache or full forward), announced in one line.
+
+    Returns ``(preprocess, freeze plan, frozen modules, decoded sets, path)``.
+    """
+    pre = Preprocess(cfg.image_size or tm.info.input_size, tm.info.mean, tm.info.std, tm.info.interpolation)
+    plan = plan_freeze(tm.net, tm.layout, cfg.freeze)
+    frozen = apply_freeze(tm.net, tm.layout, plan)
+    if tm.info.weights == "none" and plan.spec == "backbone":
+        # Legitimate (a random-features baseline) but mostly a forgotten --freeze none.
+        log("note: --weights none with --freeze backbone trains only the head on random features; "
+            "--freeze none trains the whole model")
+    tm.net.to(device)
+    sets = decode_files(sets, pre, cfg, progress)
+    if len(sets["train"]) == 0:
+        raise UserError(f"data '{cfg.data}' has no training images")
+    check_shapes(tm.net, prepare(sets["train"].batch(torch.arange(min(2, len(sets["train"])))), pre, device),
+                 tm.num_classes)
+    path = choose_path(cfg, tm, plan, sets, pre, device, autocast, progress)
+    log(path.message)
+    return pre, plan, frozen, sets, path
+
+
 def _metrics_csv(history: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
@@ -109,7 +133,7 @@ def _restarted_state(cfg: TrainConfig) -> dict | None:
     return state if state["config"] == cfg.to_json() else None
 
 
-def _global_batch(cfg: TrainConfig, path, device, autocast) -> int:
+def global_batch(cfg: TrainConfig, path, device, autocast) -> int:
     """--batch-size is the global batch, split between the torchrun processes; 'auto' fills each GPU."""
     n = len(path.sources["train"])
     if cfg.batch_size != "auto":
@@ -174,25 +198,10 @@ def _train(cfg: TrainConfig, splits: DataSplits | None) -> dict:
         model_spec, head_spec, plugin = dist.broadcast_object((model_spec, head_spec, plugin))
     if resume_state and len(resume_state["classes"]) != len(splits.classes):
         raise UserError(f"the checkpoint has {len(resume_state['classes'])} classes, the data {len(splits.classes)}")
-    pre = Preprocess(cfg.image_size or tm.info.input_size, tm.info.mean, tm.info.std, tm.info.interpolation)
-    plan = plan_freeze(tm.net, tm.layout, cfg.freeze)
-    frozen = apply_freeze(tm.net, tm.layout, plan)
-    if tm.info.weights == "none" and plan.spec == "backbone":
-        # Legitimate (a random-features baseline) but mostly a forgotten --freeze none.
-        log("note: --weights none with --freeze backbone trains only the head on random features; "
-            "--freeze none trains the whole model")
-    tm.net.to(device)
-
     sets = {n: s for n, s in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if s is not None}
-    sets = decode_files(sets, pre, cfg, progress)
-    if len(sets["train"]) == 0:
-        raise UserError(f"data '{cfg.data}' has no training images")
-    check_shapes(tm.net, prepare(sets["train"].batch(torch.arange(min(2, len(sets["train"])))), pre, device),
-                 len(splits.classes))
-    path = choose_path(cfg, tm, plan, sets, pre, device, autocast, progress)
-    log(path.message)
+    pre, plan, frozen, sets, path = training_path(cfg, tm, sets, device, autocast, progress)
 
-    batch_size = _global_batch(cfg, path, device, autocast)
+    batch_size = global_batch(cfg, path, device, autocast)
     shard = {"rank": dist.rank(), "world": dist.world()}
     train_batches = Batches(path.sources["train"], batch_size, shuffle=True, seed=cfg.seed, **shard)
     eval_batch = max(batch_size, 256 if path.cached else batch_size)
