@@ -121,9 +121,16 @@ def cleanup() -> None:
 @contextmanager
 def scope():
     """``with scope(): ...``: whatever ``setup`` joins inside is left on the way out, errors included."""
+    finished = False
     try:
         yield
+        finished = True
     finally:
+        if finished:
+            # Leave together: a process that tears gloo down while a peer is still writing the run
+            # directory was seen to abort ("terminate called without an active exception"). Not on
+            # errors, where the peers may be inside another collective.
+            barrier()
         cleanup()
 
 
