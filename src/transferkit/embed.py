@@ -16,6 +16,7 @@ from transferkit.dataspec import load_data
 from transferkit.devices import uses_convolutions
 from transferkit.engine import Batches, predict_logits
 from transferkit.errors import UserError
+from transferkit.images import unusable
 from transferkit.modeling import HeadInput
 from transferkit.transforms import Preprocess, prepare
 
@@ -72,7 +73,7 @@ def _embed(source, data, out, from_run, device, batch_size, progress, seed) -> d
         if hasattr(imageset, "decode"):
             imageset, bad = imageset.decode(pre.size, pre.interpolation, skip_bad=False)
             if imageset is None:
-                raise UserError(f"{len(bad)} unusable image(s), e.g. {bad[0].path} ({bad[0].reason})")
+                raise unusable(bad)
         feats, labels = predict_logits(module, Batches(imageset, batch_size, rank=dist.rank(), world=dist.world()),
                                        lambda raw, _s, _b: prepare(raw, pre, dev, channels_last),
                                        progress=progress, desc=f"embedding {name}")

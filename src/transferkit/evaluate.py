@@ -10,6 +10,7 @@ from transferkit.dataspec import load_data
 from transferkit.devices import uses_convolutions
 from transferkit.engine import Batches, predict_logits
 from transferkit.errors import UserError
+from transferkit.images import unusable
 from transferkit.metrics import score
 from transferkit.rundir import load_run
 from transferkit.safeio import write_json_atomic
@@ -80,7 +81,7 @@ def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels
                                         progress=progress and (lambda it, total: progress(it, total=total, desc=f"decoding {split}",
                                                                                           unit="img")))
         if imageset is None:
-            raise UserError(f"{len(bad)} unusable image(s): " + "; ".join(f"{b.path} ({b.reason})" for b in bad[:10]))
+            raise unusable(bad)
     dev = dist.setup(device)
     net = tm.net.to(dev)
     channels_last = uses_convolutions(net)

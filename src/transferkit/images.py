@@ -27,6 +27,14 @@ class BadImage(Exception):
         self.path, self.reason = path, reason
 
 
+def unusable(bad: list, what: str = "", advice: str = "Fix or remove them") :
+    """One error line for broken files: how many, the first ten with their reasons, what to do."""
+    from transferkit.errors import UserError
+
+    listing = "; ".join(f"{b.path} ({b.reason})" for b in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+    return UserError(f"{len(bad)} unusable image(s){what}: {listing}. {advice}")
+
+
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not os.path.basename(name).startswith(".")
 

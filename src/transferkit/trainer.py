@@ -32,6 +32,7 @@ from transferkit.errors import UserError
 from transferkit.fastpath import choose_path
 from transferkit.finish import finish_run
 from transferkit.freeze import apply_freeze, param_groups, plan_freeze, train_mode
+from transferkit.images import unusable
 from transferkit.lrfind import auto_lr
 from transferkit.metrics import score
 from transferkit.modeling import create_model
@@ -69,9 +70,7 @@ def decode_files(sets: dict, pre: Preprocess, cfg: TrainConfig, progress) -> dic
         bad += broken
         out[name] = decoded
     if bad and not cfg.skip_bad:
-        listing = "; ".join(f"{b.path} ({b.reason})" for b in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise UserError(f"{len(bad)} unusable image(s), nothing trained: {listing}. "
-                        "Fix or remove them, or pass --skip-bad to drop them")
+        raise unusable(bad, ", nothing trained", "Fix or remove them, or pass --skip-bad to drop them")
     if bad:
         log(f"--skip-bad: dropped {len(bad)} unusable image(s), e.g. {bad[0].path} ({bad[0].reason})")
     return out
