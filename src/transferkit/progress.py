@@ -34,9 +34,6 @@ class PlainProgress:
     def close(self):
         self._print()
 
-    def __iter__(self):
-        return iter(())
-
 
 class SilentProgress(PlainProgress):
     def _print(self):
