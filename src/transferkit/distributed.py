@@ -112,8 +112,13 @@ def _comm():
 def cleanup() -> None:
     """Leave the process group, if ``setup`` joined it (a caller's own group is left alone)."""
     if _state["started_here"] and active():
+        import gc
+
         import torch.distributed as dist
 
+        # A DDP wrapper caught in a reference cycle would otherwise outlive the group and be torn
+        # down at interpreter exit, where gloo aborts ("terminate called without an active exception").
+        gc.collect()
         dist.destroy_process_group()
     _state["started_here"], _state["comm"] = False, None
 
