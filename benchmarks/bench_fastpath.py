@@ -47,13 +47,13 @@ def ours(size: int, train_limit: int, epochs: int, freeze: str, batch_size: int)
 
 def pipeline(size: int, n: int = 54000, batch_size: int = 256) -> dict:
     """images/s: torchvision dataset + PIL transforms + DataLoader vs uint8 tensors + batched prepare()."""
+    import seed_recipe
     import torch
 
-    import seed_recipe
-    from transferkit.cputuning import tune_malloc
-    from transferkit.dataspec import load_data
-    from transferkit.engine import Batches
-    from transferkit.transforms import Preprocess, prepare
+    from transferkit.core.cputuning import tune_malloc
+    from transferkit.data.specs import load_data
+    from transferkit.data.transforms import Preprocess, prepare
+    from transferkit.engine.loop import Batches
 
     tune_malloc()  # as the transferkit command does at start; both sides get it (see cputuning.py)
     result = {}

@@ -61,11 +61,19 @@ def plain(images, labels, epochs: int, batch_size: int) -> dict:
 
 def ours(images, labels, epochs: int, batch_size: int) -> dict:
     """transferkit's engine: uint8 batches resized/normalised on the GPU, bf16/fp16 autocast, channels_last."""
-    from transferkit.engine import Batches, StepState, amp_dtype, autocast_for, make_optimizer, train_one_epoch, warmup_cosine
-    from transferkit.freeze import apply_freeze, param_groups, plan_freeze, train_mode
-    from transferkit.imagesets import TensorImages
-    from transferkit.modeling import create_model
-    from transferkit.transforms import Preprocess, prepare
+    from transferkit.data.imagesets import TensorImages
+    from transferkit.data.transforms import Preprocess, prepare
+    from transferkit.engine.loop import (
+        Batches,
+        StepState,
+        amp_dtype,
+        autocast_for,
+        make_optimizer,
+        train_one_epoch,
+        warmup_cosine,
+    )
+    from transferkit.models.freeze import apply_freeze, param_groups, plan_freeze, train_mode
+    from transferkit.models.transfer import create_model
 
     device = torch.device("cuda")
     tm = create_model("resnet18", 10, weights="none")

@@ -61,10 +61,10 @@ def fresh_process() -> None:
     """Forget registered backbone names and imported user files, as a new `transferkit` process would."""
     import sys
 
-    from transferkit import backbones, plugins
+    from transferkit.models import plugins
+    from transferkit.models.families import custom
 
-    backbones._REGISTRY.clear()
-    backbones._PREPROCESS.clear()
+    custom.forget_all()
     for name in [m for m in sys.modules if m.startswith("transferkit_user_")]:
         del sys.modules[name]
     plugins.load_entry_points.cache_clear()
@@ -75,16 +75,15 @@ def isolated_registry():
     """Registered names, plugin modules and the entry-point scan are put back after the test."""
     import sys
 
-    from transferkit import backbones, plugins
+    from transferkit.models import plugins
+    from transferkit.models.families import custom
 
-    saved = dict(backbones._REGISTRY), dict(backbones._PREPROCESS), set(sys.modules)
+    saved = custom.forget_all(), set(sys.modules)
+    custom.restore(saved[0])
     plugins.load_entry_points.cache_clear()
     yield
-    backbones._REGISTRY.clear()
-    backbones._REGISTRY.update(saved[0])
-    backbones._PREPROCESS.clear()
-    backbones._PREPROCESS.update(saved[1])
-    for name in set(sys.modules) - saved[2]:
+    custom.restore(saved[0])
+    for name in set(sys.modules) - saved[1]:
         if name.startswith("transferkit_user_"):
             del sys.modules[name]
     plugins.load_entry_points.cache_clear()

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLES, fresh_process, user_copy
 from PIL import Image
 
 import transferkit as tk
-from conftest import EXAMPLES, fresh_process, user_copy
-from transferkit.errors import UserError
-from transferkit.plugins import load_plugins
+from transferkit.core.errors import UserError
+from transferkit.models.plugins import load_plugins
 
 SCRATCH = dict(weights="none", freeze="none", image_size=8, epochs=1, lr=1e-2, backbone_lr_scale=1,
                warmup_epochs=0, quiet=True)
@@ -47,8 +47,8 @@ def test_import_is_light_and_the_api_names_stay_functions():
     code = "import sys, transferkit; assert 'torch' not in sys.modules; print(transferkit.__all__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "fit" in out and "predict" in out
-    import transferkit.evaluate  # noqa: F401  (the submodule of the same name must not replace the function)
-    import transferkit.predict  # noqa: F401
+    import transferkit.deploy.predict  # noqa: F401
+    import transferkit.runs.evaluate  # noqa: F401  (the submodule of the same name must not replace the function)
 
     assert callable(tk.evaluate) and callable(tk.predict) and tk.evaluate.__module__ == "transferkit.api"
 

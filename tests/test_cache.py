@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-
 from transferkit.cli import main
-from transferkit.safeio import load_torch_file
+
+from transferkit.core.safeio import load_torch_file
 
 BASE = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--epochs", "2", "--batch-size", "4",
         "--quiet", "--seed", "3"]
@@ -36,7 +36,7 @@ def test_cache_hits_and_invalidates(tmp_path, image_folder, capsys):
 def test_changed_weights_file_rebuilds(tmp_path, image_folder, capsys):
     from safetensors.torch import save_file
 
-    from transferkit.backbones import build_architecture
+    from transferkit.models.registry import build_architecture
 
     cache = ["--cache-dir", str(tmp_path / "cache")]
     net, _ = build_architecture("resnet18")

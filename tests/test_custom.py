@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fresh_process, user_copy
 from PIL import Image
 from safetensors.torch import load_file
-
-from conftest import fresh_process, user_copy
-from transferkit import plugins
 from transferkit.cli import main
+
+from transferkit.models import plugins
 
 # Small and fast: from-scratch models need the full learning rate on every layer.
 SCRATCH = ["--data", "digits", "--weights", "none", "--image-size", "8", "--epochs", "1", "--lr", "1e-2",

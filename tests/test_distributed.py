@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_image_folder
 from transferkit.cli import main
-from transferkit.safeio import load_torch_file
+
+from transferkit.core.safeio import load_torch_file
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 HEAD_ONLY = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "4",
@@ -134,8 +134,8 @@ def test_two_processes_match_one(data, audit_dir, one_process, tmp_path):
 def test_eval_and_embed_under_torchrun_match_one_process(data, audit_dir, one_process, tmp_path):
     """Each process scores (embeds) its share of the split; the gathered result is the whole split
     in order. Rows are computed independently in eval mode: equal up to float noise (1e-5)."""
-    from transferkit.embed import embed
-    from transferkit.evaluate import evaluate_run
+    from transferkit.deploy.embed import embed
+    from transferkit.runs.evaluate import evaluate_run
 
     run = tmp_path / "run"
     shutil.copytree(one_process, run)

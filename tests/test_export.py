@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_image_folder
 from transferkit.cli import main
 
@@ -69,7 +68,7 @@ def test_onnx_export_matches_pytorch_and_predict_backend(runs, name, capsys):
     assert sidecar["parity"]["max_abs_diff"] <= 1e-4
 
     # The batch dimension is dynamic: 1 and 5 images both run and agree with PyTorch.
-    from transferkit.rundir import load_run
+    from transferkit.runs.rundir import load_run
 
     tm, _pre, _classes, _run = load_run(run)
     session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -98,7 +97,7 @@ def test_torchscript_export_matches(runs, capsys):
 def test_failed_parity_check_leaves_nothing_behind(runs, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     shutil.copytree(runs["resnet18"], run, ignore=shutil.ignore_patterns("model.onnx*"))
-    import transferkit.export as export
+    import transferkit.deploy.export as export
 
     monkeypatch.setattr(export, "run_exported", lambda fmt, path, x: torch.full((len(x), 3), 7.0))
     assert main(["export", str(run), "--format", "onnx"]) == 2

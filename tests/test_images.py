@@ -8,9 +8,9 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-
 from transferkit.cli import main
-from transferkit.images import BadImage, open_rgb
+
+from transferkit.data.images import BadImage, open_rgb
 
 
 def write_bomb_png(path, width=100_000, height=100_000):

@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import TINY_TRAIN
 from PIL import Image
-
 from transferkit.cli import main
-from transferkit.engine import Batches
-from transferkit.lrfind import END_LR, START_LR, range_test, suggest
+
+from transferkit.engine.batches import Batches
+from transferkit.train.lrfind import END_LR, START_LR, range_test, suggest
 
 
 def test_suggestion_is_the_steepest_descent_before_the_minimum():

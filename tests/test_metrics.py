@@ -4,7 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transferkit.metrics import confusion_matrix, expected_calibration_error, per_class_scores, reliability_bins, score
+from transferkit.runs.metrics import (
+    confusion_matrix,
+    expected_calibration_error,
+    per_class_scores,
+    reliability_bins,
+    score,
+)
 
 CLASSES = ["a", "b", "c"]
 # sample: probabilities, true label -> predicted label, confidence, right?

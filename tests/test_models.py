@@ -5,12 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from transferkit.backbones import build_architecture, create_backbone, torchvision_names
-from transferkit.errors import UserError
-from transferkit.freeze import apply_freeze, plan_freeze, train_mode
-from transferkit.heads import replace_head
-from transferkit.layouts import describe, get_module
-from transferkit.modeling import create_model, split_model
+from transferkit.core.errors import UserError
+from transferkit.models.freeze import apply_freeze, plan_freeze, train_mode
+from transferkit.models.layout import get_module
+from transferkit.models.registry import build_architecture, create_backbone, describe, family_of, torchvision_names
+from transferkit.models.transfer import create_model
 
 
 @pytest.mark.parametrize("name", torchvision_names())
@@ -25,7 +24,7 @@ def test_every_torchvision_model_gets_a_head_for_our_classes(name):
         net, pre = build_architecture(name)
     with torch.device(device):
         layout = describe(net)
-        replace_head(net, layout, 7)
+        family_of(net).replace_head(net, layout, 7)
         for path in [layout.classifier, *layout.aux]:
             head = get_module(net, path)
             assert getattr(head, "out_features", getattr(head, "out_channels", None)) == 7, path
@@ -39,7 +38,7 @@ def test_every_torchvision_model_gets_a_head_for_our_classes(name):
 def test_aux_heads_train_with_the_new_classes(name):
     net, pre = build_architecture(name)
     layout = describe(net)
-    replace_head(net, layout, 3)
+    family_of(net).replace_head(net, layout, 3)
     net.train()
     outputs = net(torch.randn(2, 3, pre["input_size"], pre["input_size"]))
     assert all(o.shape == (2, 3) for o in outputs if o is not None)
@@ -53,10 +52,10 @@ def test_split_at_every_supported_cut_reproduces_the_forward(name):
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         reference = tm.net(x)
-        cuts = [c for c in range(1, len(tm.layout.stages) + 1) if split_model(tm, c)]
+        cuts = [c for c in range(1, len(tm.layout.stages) + 1) if tm.split(c)]
         assert len(tm.layout.stages) in cuts  # the head-only cut always exists
         for cut in cuts:
-            front, back = split_model(tm, cut)
+            front, back = tm.split(cut)
             assert torch.allclose(back(front(x)), reference, atol=1e-5), cut
 
 
@@ -91,7 +90,7 @@ def test_freeze_n_stages_and_names():
 
 
 def test_backbone_lr_scale_gives_the_backbone_a_smaller_lr():
-    from transferkit.freeze import param_groups
+    from transferkit.models.freeze import param_groups
 
     tm = create_model("resnet18", 3, weights="none")
     apply_freeze(tm.net, tm.layout, plan_freeze(tm.net, tm.layout, "3"))
@@ -113,7 +112,7 @@ def test_real_photo_gets_the_right_imagenet_classes():
     """scikit-learn ships two photographs: a Chinese temple and a flower."""
     from sklearn.datasets import load_sample_image
 
-    from transferkit.transforms import Preprocess, prepare
+    from transferkit.data.transforms import Preprocess, prepare
 
     net, info = create_backbone("efficientnet_lite0", "imagenet")
     pre = Preprocess(info.input_size, info.mean, info.std, info.interpolation)

@@ -43,7 +43,7 @@ def test_predict_json_and_reload_after_moving_the_run(tiny_run, image_folder, tm
 
 def test_demo_runs_its_recipe_end_to_end(tmp_path, monkeypatch, capsys):
     """The demo's own steps on a small recipe (the real one is `make demo`, timed in benchmarks/)."""
-    from transferkit import demo
+    from transferkit.cli import demo
 
     monkeypatch.setitem(demo.RECIPE, "data", "digits")
     monkeypatch.setitem(demo.RECIPE, "image_size", 32)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_image_folder
 from transferkit.cli import main
-from transferkit.errors import UserError
-from transferkit.safeio import atomic_write, check_torch_version, load_torch_file
+
+from transferkit.core.errors import UserError
+from transferkit.core.safeio import atomic_write, check_torch_version, load_torch_file
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 RESUME_ARGS = ["--model", "mobilenet_v3_small", "--weights", "none", "--freeze", "none", "--no-cache",
@@ -94,7 +94,7 @@ def test_write_killed_halfway_leaves_the_previous_file(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {SRC!r})
-        from transferkit.safeio import atomic_write
+        from transferkit.core.safeio import atomic_write
         def slow(tmp):
             with open(tmp, "wb") as f:
                 f.write(b"x" * 1_000_000); f.flush()

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import TINY_TRAIN, make_image_folder
-from transferkit.batcher import DynamicBatcher, Overloaded
+from torch import nn
 from transferkit.cli import main
+
+from transferkit.deploy.batcher import DynamicBatcher, Overloaded
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -61,7 +61,7 @@ class ThreadServer:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A tiny trained run and a server for it: ``(url, run_dir, images)``."""
-    from transferkit.serve import Service, ServeSettings, create_app
+    from transferkit.deploy.serve import ServeSettings, Service, create_app
 
     root = tmp_path_factory.mktemp("serve")
     with pytest.MonkeyPatch.context() as mp:
@@ -202,8 +202,8 @@ class _SlowNet(nn.Module):
 
 
 def _slow_app(delay: float, **settings):
-    from transferkit.serve import Service, ServeSettings, create_app
-    from transferkit.transforms import Preprocess
+    from transferkit.data.transforms import Preprocess
+    from transferkit.deploy.serve import ServeSettings, Service, create_app
 
     service = Service(_SlowNet(delay), Preprocess(16, (0.5,) * 3, (0.5,) * 3), ["a", "b"],
                       {"model": {"name": "slow"}}, "torch", "slow")

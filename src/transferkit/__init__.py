@@ -1,28 +1,25 @@
-"""transferkit: transfer learning for image classification with PyTorch."""
+"""transferkit: transfer learning for image classification with PyTorch.
+
+    import transferkit as tk
+    run = tk.fit("path/to/images", model="resnet18", epochs=5, out="runs/pets")
+
+The public names load on first use (PEP 562), so ``import transferkit`` and the command line's
+``--help`` do not pay for importing torch.
+"""
+import importlib
+
 __version__ = "0.1.0"
 
-import sys as _sys
-import types as _types
+# public name -> the module that defines it
+_PUBLIC = {"fit": "transferkit.api", "evaluate": "transferkit.api", "predict": "transferkit.api",
+           "create_model": "transferkit.api", "register_backbone": "transferkit.models.families.custom"}
 
-from transferkit.backbones import register_backbone  # noqa: E402  (light: no torch import at module level)
-from transferkit.api import create_model, evaluate, fit, predict  # noqa: E402  (torch imported inside)
-
-__all__ = ["__version__", "register_backbone", "create_model", "fit", "evaluate", "predict"]
+__all__ = ["__version__", *_PUBLIC]
 
 
-class _Package(_types.ModuleType):
-    """Keeps ``transferkit.evaluate`` and ``transferkit.predict`` the API functions.
-
-    Importing the submodules of the same names (``from transferkit.evaluate import ...``, which
-    the CLI and trainer do) makes Python set them as attributes of this package, replacing the
-    functions. The submodules stay importable by name; only the package attribute is kept.
-    """
-
-    def __setattr__(self, name, value):
-        current = self.__dict__.get(name)
-        if isinstance(value, _types.ModuleType) and isinstance(current, _types.FunctionType):
-            return
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'transferkit' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

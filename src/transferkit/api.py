@@ -10,28 +10,35 @@
 Its data is a SPEC string or a ``torch.utils.data.Dataset`` of ``(image, label)`` items; the
 images are PIL images or tensors (uint8, or floats in [0, 1] without Normalize). Mistakes raise
 ``transferkit.errors.UserError`` with the same message the CLI prints. Loading a run trained on
-users' code runs that code: load only runs you trust. torch is imported on first call only.
+users' code runs that code: load only runs you trust.
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
-from transferkit.errors import UserError
+import torch
+
+from transferkit.core.config import TrainConfig
+from transferkit.core.devices import pick_device
+from transferkit.core.errors import UserError
+from transferkit.data.pyobjects import dataset_splits, evaluation_splits, fit_size, stack, to_uint8_chw
+from transferkit.data.transforms import prepare
+from transferkit.deploy.predict import collect_images, predict_images, top_predictions
+from transferkit.models.outputs import split_outputs
+from transferkit.models.transfer import create_model as _create
+from transferkit.runs.evaluate import evaluate_run
+from transferkit.runs.rundir import load_run, read_run
+from transferkit.train.trainer import train
 
 
 def create_model(name: str, num_classes: int, weights: str = "imagenet", head: str = "linear"):
     """``name``'s backbone with a new ``head`` for ``num_classes`` classes; ``.net`` is the nn.Module,
     ``.info`` its preprocessing (input size, mean, std) and weights source."""
-    from transferkit.modeling import create_model as _create
-
     return _create(name, num_classes, weights, head)
 
 
 def _config(data_spec: str, model: str, settings: dict):
-    from dataclasses import fields
-
-    from transferkit.config import TrainConfig
-
     known = {f.name for f in fields(TrainConfig)} - {"data", "model"}
     unknown = sorted(set(settings) - known)
     if unknown:
@@ -39,7 +46,9 @@ def _config(data_spec: str, model: str, settings: dict):
                         f"{', '.join(sorted(known))}")
     # YAML and Python users write numbers: the config keeps lr and batch_size as strings ('auto').
     values = {k: (str(v) if k in ("lr", "batch_size") and not isinstance(v, str) else v) for k, v in settings.items()}
-    return TrainConfig(data=data_spec, model=model, **values).validate()
+    cfg = TrainConfig(data=data_spec, model=model, **values).validate()
+    cfg.given = frozenset(values) | {"data"}  # what a resume compares with the run's own settings
+    return cfg
 
 
 def fit(data, model: str = "efficientnet_lite0", *, val=None, test=None, **settings) -> dict:
@@ -49,14 +58,10 @@ def fit(data, model: str = "efficientnet_lite0", *, val=None, test=None, **setti
     ``test`` may be Datasets too (without ``val``, 20% of each class is held out by ``seed``).
     Class names come from ``dataset.classes`` when it has them, else the labels.
     """
-    from transferkit.trainer import train
-
     if isinstance(data, (str, Path)):
         if val is not None or test is not None:
             raise UserError("val= and test= go with a Dataset; a data SPEC brings its own splits")
         return train(_config(str(data), model, settings))
-    from transferkit.pydata import dataset_splits
-
     splits = dataset_splits(data, val, test, seed=int(settings.get("seed", 0)))
     return train(_config(splits.spec, model, settings), splits=splits)
 
@@ -64,15 +69,10 @@ def fit(data, model: str = "efficientnet_lite0", *, val=None, test=None, **setti
 def evaluate(run_dir: str | Path, data=None, split: str = "test", *, device: str = "auto") -> dict:
     """Scores of a run (top1, top5, loss, n, per_class, confusion_matrix, ece) on ``split`` of its own
     data, of another data SPEC, or of a Dataset (scored whole)."""
-    from transferkit.evaluate import evaluate_run
-    from transferkit.rundir import read_run
-
     if data is None and read_run(run_dir)["config"]["data"].startswith("python:"):
         raise UserError(f"{run_dir} was trained on a Python Dataset; pass it (or another) as evaluate(..., data=...)")
     if data is None or isinstance(data, (str, Path)):
         return evaluate_run(str(run_dir), str(data) if data is not None else None, split, device)
-    from transferkit.pydata import evaluation_splits
-
     return evaluate_run(str(run_dir), None, split, device, splits=evaluation_splits(data, split))
 
 
@@ -83,14 +83,6 @@ def predict(run_dir: str | Path, images, topk: int = 5, *, device: str = "auto")
     of the result has ``"path"`` (files) or ``"image"`` (its position in ``images``), and
     ``"predictions"`` (or ``"error"`` for an unreadable file).
     """
-    import torch
-
-    from transferkit.devices import pick_device
-    from transferkit.predict import collect_images, predict_images
-    from transferkit.pydata import fit_size, stack, to_uint8_chw
-    from transferkit.rundir import load_run
-    from transferkit.transforms import prepare
-
     if topk < 1:
         raise UserError("topk must be at least 1")
     items = [images] if isinstance(images, (str, Path)) or not isinstance(images, (list, tuple)) else list(images)
@@ -104,9 +96,6 @@ def predict(run_dir: str | Path, images, topk: int = 5, *, device: str = "auto")
             continue
         x = prepare(stack([fit_size(to_uint8_chw(item, f"images[{position}]"), pre.size, pre.interpolation)]), pre, dev)
         with torch.inference_mode():
-            out = net(x)
-        probs = (out[0] if isinstance(out, (tuple, list)) else out).float().softmax(1)[0].cpu()
-        values, indices = probs.topk(min(topk, len(classes)))
-        results.append({"image": position, "predictions": [
-            {"label": classes[i], "index": i, "prob": round(v, 6)} for v, i in zip(values.tolist(), indices.tolist())]})
+            probs = split_outputs(net(x))[0].float().softmax(1)[0].cpu()
+        results.append({"image": position, "predictions": top_predictions(probs, classes, topk)})
     return results

@@ -1,0 +1,194 @@
+"""Every subcommand's flags, in one place that imports nothing heavy: ``transferkit --help`` and
+``transferkit train --help`` answer without loading torch. Each command's work lives in
+``transferkit/cli/<module>.py`` as ``run(args) -> exit status``; ``set_defaults(module=...)`` names it.
+"""
+from __future__ import annotations
+
+import argparse
+
+from transferkit import __version__
+from transferkit.core.config import add_arguments
+
+# For every command that loads a run: a run trained on users' code stores that code and runs it.
+TRUSTED_RUN = ("a run directory. A run trained on your own model, head or plugin code keeps that code in "
+               "RUN_DIR/code/ and runs it when loaded: load only runs you trust")
+PLUGIN_HELP = ("import FILE.py first; it may register backbones with @transferkit.register_backbone('name'). "
+               "This runs FILE.py's code: only use plugins you trust")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line naming the problem (still exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_command(subparsers, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    return subparsers.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+# Train flags that mean nothing to a sweep of ~100 steps (and --out names the plot here, not a run dir).
+NOT_FOR_SWEEP = ("out", "resume", "epochs", "lr", "warmup_epochs", "checkpoint_every", "log")
+
+
+def _models(sub):
+    p = add_command(sub, "models", "list backbones and whether their ImageNet weights are available now",
+                    "transferkit models --offline")
+    p.add_argument("--offline", action="store_true", help="only models whose weights are on this machine")
+    p.set_defaults(module="models")
+
+
+def _data(sub):
+    p = add_command(sub, "data", "inspect a data set", "transferkit data check path/to/images")
+    data_sub = p.add_subparsers(dest="data_command", metavar="check", parser_class=Parser)
+    data_sub.required = True
+    c = data_sub.add_parser("check", help="classes, counts, duplicates and unusable files; exit 1 when not clean",
+                            description="Scan a data set: classes and counts, class imbalance, duplicate files "
+                                        "(by content hash) within and across splits, and every unusable file with "
+                                        "the reason. Exit 0 when clean, 1 when not.",
+                            epilog="example:\n  transferkit data check path/to/images",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("spec", help="data SPEC (folder, CSV or built-in name)")
+    c.add_argument("--format", choices=("table", "json"), default="table")
+    c.add_argument("--max-pixels", type=int, default=None, help="images above this many pixels are reported")
+    c.set_defaults(module="data")
+
+
+def _train(sub):
+
+    p = add_command(sub, "train", "fine-tune a pretrained backbone on your classes; writes a run directory",
+                    "transferkit train --data path/to/images --model resnet18 --freeze backbone --epochs 5 --out runs/pets")
+    p.add_argument("--config", metavar="FILE.yaml", help="settings file with the same names as the flags (flags win)")
+    add_arguments(p)
+    p.set_defaults(module="train")
+
+
+def _lr_find(sub):
+
+    p = add_command(sub, "lr-find", "learning-rate range test: sweep the lr from 1e-7 to 1 on the training path "
+                    "and suggest the steepest descent of the loss (what `train --lr auto` uses)",
+                    "transferkit lr-find --data path/to/images --model resnet18 --freeze backbone --out lr_find.png")
+    p.add_argument("--config", metavar="FILE.yaml", help="the same settings file as train (flags win)")
+    p.add_argument("--out", default="lr_find.png", metavar="FILE.png", help="where to write the plot (default: lr_find.png)")
+    p.add_argument("--steps", type=int, default=100, help="sweep length in optimizer steps (default: 100)")
+    p.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
+    p.add_argument("--end-lr", type=float, default=1.0, help="last learning rate (default: 1)")
+    add_arguments(p, skip=NOT_FOR_SWEEP)
+    p.set_defaults(module="lr_find")
+
+
+def _eval(sub):
+    p = add_command(sub, "eval", "score a run on the test split of its data (val when it has none), or on --data",
+                    "transferkit eval runs/pets --split test --format json")
+    p.add_argument("run_dir", help=TRUSTED_RUN)
+    p.add_argument("--data", help="another data SPEC whose class names are among the run's")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--report", metavar="OUT.html",
+                   help="also write the run's report, scored on this data and split, to OUT.html")
+    p.add_argument("--skip-bad", action="store_true", help="drop unreadable images (and say how many) instead of stopping")
+    p.set_defaults(module="eval")
+
+
+def _report(sub):
+    p = add_command(sub, "report", "(re)write a run's report.html: curves, confusion matrix, per-class scores, worst "
+                    "errors, calibration and settings, in one self-contained page",
+                    "transferkit report runs/pets            # writes runs/pets/report.html")
+    p.add_argument("run_dir")
+    p.add_argument("--out", metavar="FILE.html", help="write here instead of RUN_DIR/report.html")
+    p.set_defaults(module="report")
+
+
+def _predict(sub):
+    p = add_command(sub, "predict", "top-k classes with probabilities for images (files or folders, walked recursively)",
+                    "transferkit predict runs/pets photo.jpg more_photos/ --topk 5\n"
+                    "  transferkit predict --model efficientnet_lite0 photo.jpg   # ImageNet classes")
+    p.add_argument("inputs", nargs="+", metavar="RUN_DIR|IMAGE", help=f"{TRUSTED_RUN}; then images or folders")
+    p.add_argument("--model", help="predict ImageNet classes with this pretrained backbone instead of a run")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--backend", choices=("torch", "onnx", "torchscript"), default="torch",
+                   help="torch: the run's weights; onnx/torchscript: the file `transferkit export` wrote (CPU)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(module="predict")
+
+
+def _embed(sub):
+    p = add_command(sub, "embed", "write the features each image gives the classifier, with labels and paths "
+                    "(.npz, or .parquet with pyarrow)",
+                    "transferkit embed runs/pets path/to/images --out pets.npz\n"
+                    "  transferkit embed --model efficientnet_lite0 digits --out digits.npz")
+    p.add_argument("inputs", nargs="+", metavar="RUN_DIR|DATA", help="a run directory and a data SPEC, or only DATA with --model")
+    p.add_argument("--model", help="embed with this pretrained backbone instead of a run")
+    p.add_argument("--out", required=True, help="output .npz or .parquet file")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the train/val split of a plain folder (default: the run's own seed; 0 with --model)")
+    p.add_argument("--skip-bad", action="store_true", help="drop unreadable images (and say how many) instead of stopping")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(module="embed")
+
+
+def _export(sub):
+    p = add_command(sub, "export", "write the run's model as ONNX or TorchScript (checked against PyTorch) into the run dir",
+                    "transferkit export runs/pets --format onnx\n"
+                    "  transferkit predict runs/pets --backend onnx photo.jpg   # use it")
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
+                   help="onnx -> RUN_DIR/model.onnx, torchscript -> RUN_DIR/model.torchscript (default onnx)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset version (default 17)")
+    p.add_argument("--samples", type=int, default=8, help="images used for the parity check (default 8)")
+    p.set_defaults(module="export")
+
+
+def _serve(sub):
+    p = add_command(sub, "serve", "serve the run's model over HTTP: POST /predict, a web page at /, /metadata, /healthz",
+                    "transferkit serve runs/pets --port 8000\n"
+                    "  curl -F file=@photo.jpg 'http://127.0.0.1:8000/predict?topk=3'")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", choices=("torch", "onnx", "torchscript"), default="torch",
+                   help="torch: the run's weights; onnx/torchscript: the file `transferkit export` wrote")
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the model")
+    p.add_argument("--max-bytes", default="10MB", help="largest request body (default 10MB); bigger ones get 413")
+    p.add_argument("--max-pixels", type=int, default=50_000_000,
+                   help="largest image, in pixels, read from its header before decoding (default 50 million); 422")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds a request may take, upload included (504)")
+    p.add_argument("--max-batch", type=int, default=16, help="most requests answered by one forward pass")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to share its forward pass (default 5 ms)")
+    p.set_defaults(module="serve")
+
+
+def _demo(sub):
+    p = add_command(sub, "demo", "the main job, offline: fine-tune efficientnet_lite0 on Fashion-MNIST, "
+                    "evaluate on all 10,000 test images, predict a few", "transferkit demo --out runs/demo")
+    p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo; replaced if it exists)")
+    p.add_argument("--epochs", type=int, default=None, help="override the demo recipe's epochs")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(module="demo")
+
+
+COMMANDS = (_models, _data, _train, _lr_find, _eval, _report, _predict, _embed, _export, _serve, _demo)  # --help order
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="transferkit", description="Transfer learning for image classification with PyTorch.")
+    parser.add_argument("--version", action="version", version=f"transferkit {__version__}")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help=PLUGIN_HELP)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for register in COMMANDS:
+        register(sub)
+    for command in sub.choices.values():
+        # Also accepted after the subcommand (`transferkit train --plugin p.py ...`). Its own
+        # dest: a subparser's default would otherwise overwrite the global flag's value.
+        command.add_argument("--plugin", action="append", default=[], dest="command_plugins", metavar="FILE.py",
+                             help=PLUGIN_HELP)
+    return parser

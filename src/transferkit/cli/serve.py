@@ -1,0 +1,25 @@
+"""``transferkit serve``."""
+import importlib.util
+
+from transferkit.core.errors import UserError
+from transferkit.deploy.serve import ServeSettings, parse_size, serve
+
+
+def run(args) -> int:
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a port number (0-65535)")
+    for flag, value, low in (("--workers", args.workers, 1), ("--max-batch", args.max_batch, 1),
+                             ("--max-pixels", args.max_pixels, 1), ("--timeout", args.timeout, 0.001),
+                             ("--batch-wait-ms", args.batch_wait_ms, 0)):
+        if value < low:
+            raise UserError(f"{flag} must be at least {low}, got {value}")
+    # python-multipart installs as `python_multipart` (older releases: `multipart`).
+    missing = [name for name, modules in (("fastapi", ["fastapi"]), ("uvicorn", ["uvicorn"]),
+                                          ("python-multipart", ["python_multipart", "multipart"]))
+               if not any(importlib.util.find_spec(m) for m in modules)]
+    if missing:
+        raise UserError(f"serve needs {', '.join(missing)}: `pip install 'transferkit[serve]'`")
+    settings = ServeSettings(max_bytes=parse_size(args.max_bytes), max_pixels=args.max_pixels, timeout=args.timeout,
+                             max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms)
+    serve(args.run_dir, args.host, args.port, args.backend, args.workers, settings)
+    return 0

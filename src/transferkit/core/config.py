@@ -1,0 +1,181 @@
+"""Training settings: one dataclass whose field help texts become ``train --help``.
+
+Precedence: built-in defaults < ``--config FILE.yaml`` < command-line flags. The YAML file uses
+the field names below (``batch_size: 64``); unknown keys and wrong types are user errors.
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+from transferkit.core.errors import UserError
+
+
+def opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    data: str = opt(None, "data SPEC: a folder (root/<class>/<img> or root/train|val|test/...), a CSV of path,label, "
+                          "or fashion-mnist | cifar10 | digits")
+    model: str = opt("efficientnet_lite0", "backbone: a torchvision name (resnet18), timm/NAME, efficientnet_lite0..2, "
+                                           "hub:owner/repo:entry, a name registered by a --plugin, or your own "
+                                           "path/file.py:Class, built as Class(num_classes=N), its last nn.Linear the "
+                                           "classifier (use --weights none or PATH). Your file is copied into the run "
+                                           "and runs again whenever the run is loaded: use trusted code only")
+    weights: str = opt("imagenet", "imagenet | none | PATH to .safetensors or a weights-only .pth")
+    freeze: str = opt("backbone", "none | backbone (train the head only) | N (freeze the first N stages) | "
+                                  "name,name (module prefixes). Frozen parts keep BatchNorm in eval mode: "
+                                  "running statistics are used and never updated")
+    head: str = opt("linear", "linear | mlp:512[,256][,dropout=0.2][,bn] | path/file.py:Class, your nn.Module built as "
+                              "Class(in_features, num_classes); copied into the run and run again whenever the run is "
+                              "loaded: use trusted code only")
+    epochs: int = opt(10, "passes over the training split")
+    lr: str = opt("1e-3", "peak learning rate of the head (a float, or 'auto' to run the range test first)")
+    backbone_lr_scale: float = opt(0.1, "unfrozen backbone layers train at lr * this (1 with --weights none: "
+                                        "nothing pretrained to protect)")
+    optimizer: str = opt("adamw", "adamw | adam | sgd", choices=("adamw", "adam", "sgd"))
+    weight_decay: float = opt(0.05, "decoupled weight decay (not applied to biases and norms)")
+    warmup_epochs: float = opt(1.0, "linear warm-up length, then cosine decay to zero")
+    label_smoothing: float = opt(0.1, "cross-entropy label smoothing")
+    batch_size: str = opt("64", "images per optimizer step, or 'auto' (largest that fits the GPU; 64 on CPU)")
+    accumulate: int = opt(1, "split each batch into this many micro-batches (same maths, less memory)")
+    image_size: int = opt(0, "input size in pixels; 0 uses the backbone's own")
+    augment: str = opt("none", "none | flip (random horizontal flips; disables the feature cache)",
+                       choices=("none", "flip"))
+    train_limit: int = opt(0, "use only this many training images (a stratified sample by --seed; 0: all), "
+                              "for quick experiments")
+    seed: int = opt(0, "seed for splits, initialisation and data order; a CPU run repeats exactly")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N", )
+    amp: str = opt("auto", "auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16", choices=("auto", "off", "bf16", "fp16"))
+    cache: bool = opt(True, "cache the frozen part's outputs and train the rest on them (--no-cache: plain loop)")
+    cache_dir: str = opt("", "feature cache folder (default: the user cache dir)")
+    skip_bad: bool = opt(False, "drop unreadable images (and say how many) instead of stopping")
+    max_pixels: int = opt(89_478_485, "refuse images with more pixels than this (decompression bombs)")
+    checkpoint_every: int = opt(0, "also checkpoint every N optimizer steps (0: at epoch ends only)")
+    log: str = opt("none", "none | tensorboard (also write the per-epoch metrics as TensorBoard scalars in "
+                           "RUN_DIR/tensorboard; needs pip install 'transferkit[tensorboard]'). metrics.csv is always written",
+                   choices=("none", "tensorboard"))
+    out: str = opt("", "run directory (default: runs/<model>-<time>)")
+    resume: bool = opt(False, "continue the run in --out from its newest complete checkpoint")
+    quiet: bool = opt(False, "plain log lines instead of progress bars")
+
+    def validate(self) -> "TrainConfig":
+        if not self.data:
+            raise UserError("--data is required: a folder, a CSV, or fashion-mnist | cifar10 | digits")
+        for name in ("epochs", "accumulate"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.image_size < 0 or self.max_pixels < 1 or self.checkpoint_every < 0 or self.train_limit < 0:
+            raise UserError("--image-size, --max-pixels, --checkpoint-every and --train-limit must not be negative")
+        if self.batch_size != "auto" and not (str(self.batch_size).isdigit() and int(self.batch_size) > 0):
+            raise UserError(f"--batch-size must be a positive integer or 'auto', got '{self.batch_size}'")
+        if str(self.lr) != "auto":
+            try:
+                assert float(self.lr) > 0
+            except (ValueError, AssertionError):
+                raise UserError(f"--lr must be a positive number or 'auto', got '{self.lr}'") from None
+        for f in fields(self):
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, f.name) not in allowed:
+                raise UserError(f"--{f.name.replace('_', '-')} must be one of {', '.join(allowed)}")
+        if not (0 <= self.label_smoothing < 1) or self.backbone_lr_scale < 0 or self.warmup_epochs < 0:
+            raise UserError("--label-smoothing must be in [0, 1); --backbone-lr-scale and --warmup-epochs >= 0")
+        return self
+
+    @property
+    def backbone_scale(self) -> float:
+        """The scale actually used: a model trained from scratch trains every layer at lr."""
+        return 1.0 if self.weights == "none" else self.backbone_lr_scale
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def field_type(f) -> type:
+    return {"str": str, "int": int, "float": float, "bool": bool}[f.type if isinstance(f.type, str) else f.type.__name__]
+
+
+def read_yaml(path: str) -> dict:
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must be a mapping of setting: value")
+    known = {f.name: f for f in fields(TrainConfig)}
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise UserError(f"{path}: unknown setting '{key}'; settings are the train flags, e.g. epochs, lr, freeze")
+        kind = field_type(known[name])
+        if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # lr: 3e-4 and batch_size: 64 are fine as numbers
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise UserError(f"{path}: '{key}' must be {kind.__name__}, got {type(value).__name__} {value!r}")
+        out[name] = value
+    return out
+
+
+def build_config(flags: dict, config_file: str | None = None) -> TrainConfig:
+    """Defaults < YAML < flags (flags left at None were not given).
+
+    With ``--resume`` the run's own settings come back from its checkpoint; what was given here
+    is kept in ``cfg.given`` so that the trainer can accept what may change on a resume and
+    refuse the rest (see ``resume_config``).
+    """
+    values = read_yaml(config_file) if config_file else {}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if values.get("resume"):
+        if not values.get("out"):
+            raise UserError("--resume needs --out RUN_DIR: the run to continue")
+        cfg = TrainConfig(**values)
+        cfg.given = frozenset(values)  # an attribute, not a field: never saved with the settings
+        return cfg
+    return TrainConfig(**values).validate()
+
+
+# What a resume may change: how long it runs, how often it checkpoints, how it reports.
+CHANGEABLE_ON_RESUME = ("epochs", "checkpoint_every", "quiet")
+
+
+def resume_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
+    """The checkpoint's settings, with the few a resume may change taken from ``cfg``.
+
+    Any other setting given with a different value is refused: silently training on with other
+    data, another model or another learning rate than the flags say would be worse.
+    """
+    given = getattr(cfg, "given", frozenset())
+    ignore = {"resume", "out", *CHANGEABLE_ON_RESUME}
+    differ = sorted(k for k in given - ignore if k in saved and getattr(cfg, k) != saved[k])
+    if differ:
+        shown = ", ".join(f"--{k.replace('_', '-')} {getattr(cfg, k)} (the run has {saved[k]})" for k in differ)
+        raise UserError(f"--resume continues the run with its own settings; these differ: {shown}. "
+                        f"Only {', '.join('--' + k.replace('_', '-') for k in CHANGEABLE_ON_RESUME)} may change on a resume")
+    changed = {k: getattr(cfg, k) for k in CHANGEABLE_ON_RESUME if k in given}
+    return TrainConfig(**{**saved, **changed, "resume": True, "out": cfg.out}).validate()
+
+
+def add_arguments(parser, skip: tuple = ()) -> None:
+    """One ``--flag`` per field (except ``skip``), default None so that YAML values survive unset flags."""
+    import argparse
+
+    for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        help_text = f"{f.metadata['help']} (default: {default})"
+        if field_type(f) is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=field_type(f), default=None, help=help_text, metavar=f.name.upper())

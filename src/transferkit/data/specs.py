@@ -1,0 +1,160 @@
+"""``--data SPEC`` -> train/val/test image sets with one class list.
+
+SPEC is a built-in name (fashion-mnist, cifar10, digits), a CSV of ``path,label[,split]``, or a
+folder: ``root/<class>/<image>`` (split into train/val by ``--seed``, 20% val per class) or
+``root/{train,val,test}/<class>/<image>``. Hidden files and folders and empty folders never
+become classes. Built-ins hold out a fixed 10% of their training split for validation, so the
+val and test sets do not move with ``--seed``.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from transferkit.core.errors import UserError
+from transferkit.data.builtin_sets import BUILTINS, LOADERS
+from transferkit.data.images import is_image_file
+from transferkit.data.imagesets import FileImages, TensorImages
+
+SPLIT_NAMES = ("train", "val", "test")
+VAL_FRACTION = 0.2
+BUILTIN_VAL_FRACTION = 0.1
+
+
+@dataclass
+class DataSplits:
+    spec: str
+    classes: list[str]
+    train: object
+    val: object | None
+    test: object | None
+
+    def split(self, name: str):
+        chosen = getattr(self, name, None)
+        if chosen is None and name == "test":
+            chosen = self.val  # a folder without a test split is evaluated on its val split
+        if chosen is None:
+            raise UserError(f"data '{self.spec}' has no '{name}' split (it has "
+                            f"{', '.join(n for n in SPLIT_NAMES if getattr(self, n) is not None)})")
+        return chosen
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith((".", "__"))
+
+
+def scan_class_folders(root: Path) -> dict[str, list[str]]:
+    """``{class: [image paths]}`` for the visible, non-empty class folders under ``root``."""
+    found = {}
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if not entry.is_dir() or not _visible(entry.name):
+            continue
+        files = []
+        for dirpath, dirnames, filenames in os.walk(entry.path):
+            dirnames[:] = sorted(d for d in dirnames if _visible(d))
+            files += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f)]
+        if files:
+            found[entry.name] = files
+    return found
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held_out): ``fraction`` of each class held out, chosen by ``seed``."""
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        n_held = int(round(len(idx) * fraction)) if len(idx) > 1 else 0
+        n_held = max(n_held, 1) if len(idx) > 1 else 0
+        held += idx[:n_held].tolist()
+        keep += idx[n_held:].tolist()
+    return np.sort(np.array(keep, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
+
+
+def _file_set(by_class: dict[str, list[str]], classes: list[str], name: str) -> FileImages:
+    paths, labels = [], []
+    for cls, files in by_class.items():
+        if cls not in classes:
+            raise UserError(f"{name}: class folder '{cls}' is not among the training classes {classes}")
+        paths += files
+        labels += [classes.index(cls)] * len(files)
+    return FileImages(paths, labels, classes, name)
+
+
+def _from_folder(spec: str, root: Path, seed: int) -> DataSplits:
+    subdirs = {e.name for e in os.scandir(root) if e.is_dir()}
+    if "train" in subdirs:
+        train_map = scan_class_folders(root / "train")
+        if not train_map:
+            raise UserError(f"{root}/train has no class folders with images in them")
+        classes = sorted(train_map)
+        sets = {s: (_file_set(scan_class_folders(root / s), classes, f"{spec}/{s}") if s in subdirs else None)
+                for s in ("val", "test")}
+        train = _file_set(train_map, classes, f"{spec}/train")
+        if sets["val"] is None or len(sets["val"]) == 0:
+            keep, held = stratified_split(train.labels.numpy(), VAL_FRACTION, seed)
+            train, sets["val"] = train.subset(keep), train.subset(held)
+        return DataSplits(spec, classes, train, sets["val"], sets["test"])
+    by_class = scan_class_folders(root)
+    if len(by_class) < 2:
+        raise UserError(f"{root} needs at least two class folders with images (root/<class>/<image>); "
+                        f"found {len(by_class)}")
+    classes = sorted(by_class)
+    everything = _file_set(by_class, classes, spec)
+    keep, held = stratified_split(everything.labels.numpy(), VAL_FRACTION, seed)
+    return DataSplits(spec, classes, everything.subset(keep), everything.subset(held), None)
+
+
+def _from_csv(spec: str, path: Path, seed: int) -> DataSplits:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if rows and rows[0][0].strip().lower() == "path":
+        rows = rows[1:]
+    if not rows or any(len(r) < 2 for r in rows):
+        raise UserError(f"{path}: every row needs at least 'path,label' (optionally ',split')")
+    base = path.parent
+    classes = sorted({r[1].strip() for r in rows})
+    grouped: dict[str, tuple[list, list]] = {}
+    for row in rows:
+        split = row[2].strip() if len(row) > 2 and row[2].strip() else "train"
+        if split not in SPLIT_NAMES:
+            raise UserError(f"{path}: split '{split}' must be one of {', '.join(SPLIT_NAMES)}")
+        file = row[0].strip()
+        full = file if os.path.isabs(file) else str(base / file)
+        grouped.setdefault(split, ([], []))
+        grouped[split][0].append(full)
+        grouped[split][1].append(classes.index(row[1].strip()))
+    make = lambda s: FileImages(*grouped[s], classes, f"{spec}:{s}") if s in grouped else None  # noqa: E731
+    train, val, test = make("train"), make("val"), make("test")
+    if train is None:
+        raise UserError(f"{path}: no rows for the train split")
+    if val is None:
+        keep, held = stratified_split(train.labels.numpy(), VAL_FRACTION, seed)
+        train, val = train.subset(keep), train.subset(held)
+    return DataSplits(spec, classes, train, val, test)
+
+
+def _from_builtin(name: str) -> DataSplits:
+    (xtr, ytr), (xte, yte), classes = LOADERS[name]()
+    train = TensorImages(xtr, ytr, classes, f"{name}/train")
+    keep, held = stratified_split(ytr.numpy(), BUILTIN_VAL_FRACTION, seed=0)
+    return DataSplits(name, classes, train.subset(keep), train.subset(held), TensorImages(xte, yte, classes, f"{name}/test"))
+
+
+def load_data(spec: str, seed: int = 0) -> DataSplits:
+    if spec in BUILTINS:
+        return _from_builtin(spec)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(f"data '{spec}' not found: give an existing folder, a .csv file, "
+                        f"or one of {', '.join(BUILTINS)}")
+    if path.is_dir():
+        return _from_folder(spec, path, seed)
+    if path.suffix.lower() == ".csv":
+        return _from_csv(spec, path, seed)
+    raise UserError(f"data '{spec}' is a file but not a .csv of path,label rows")

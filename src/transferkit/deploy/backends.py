@@ -1,0 +1,50 @@
+"""Which network answers ``predict`` and ``serve``: the run's own PyTorch model, its exported file,
+or a pretrained ImageNet model by name. Every backend is an ``nn.Module`` taking preprocessed
+``(N, 3, S, S)`` float32 and returning logits, so the callers treat them alike."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from transferkit.core.errors import UserError
+from transferkit.core.safeio import sha256_file
+from transferkit.data.transforms import Preprocess
+from transferkit.models.outputs import Logits
+from transferkit.models.registry import create_backbone
+from transferkit.runs.rundir import load_run, read_run
+from transferkit.runtimes.exported import export_paths, open_exported
+
+
+def load_exported(run_dir: str | Path, fmt: str):
+    """``(module, Preprocess, classes)`` from ``RUN_DIR/model.<fmt>``, checked against the run's weights."""
+    read_run(run_dir)  # a clear error when run_dir is not a run
+    path, _sidecar = export_paths(run_dir, fmt)
+    again = f"`transferkit export {run_dir} --format {fmt}`"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no {path.name}; run {again} first")
+    module, meta = open_exported(fmt, path)
+    if not meta.get("classes") or not meta.get("preprocess"):
+        raise UserError(f"{path} has no transferkit metadata (classes, preprocessing); run {again} again")
+    weights = Path(run_dir) / "model.safetensors"
+    if weights.is_file() and meta.get("weights_sha256") not in (None, sha256_file(weights)):
+        raise UserError(f"{path} was exported from other weights than {weights.name}; run {again} again")
+    return module, Preprocess.from_json(meta["preprocess"]), list(meta["classes"])
+
+
+def load_backend(run_dir: str | Path, backend: str = "torch"):
+    """``(module, Preprocess, classes, run)`` for the chosen backend, ready for inference."""
+    if backend == "torch":
+        tm, pre, classes, run = load_run(run_dir)
+        return Logits(tm.net).eval(), pre, classes, run
+    module, pre, classes = load_exported(run_dir, backend)
+    return module, pre, classes, read_run(run_dir)
+
+
+def load_predictor(run_dir: str | None, model: str | None):
+    """``(net, preprocess, classes)`` from a run dir, or a pretrained ImageNet model by name."""
+    if run_dir:
+        tm, pre, classes, _ = load_run(run_dir)
+        return tm.net, pre, classes
+    net, info = create_backbone(model, "imagenet")
+    if not info.imagenet_classes:
+        raise UserError(f"{model} has no ImageNet class names to predict with")
+    return net.eval(), info.preprocess(), info.imagenet_classes

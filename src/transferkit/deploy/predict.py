@@ -1,0 +1,96 @@
+"""``transferkit predict``: top-k labels with probabilities for image files and folders."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferkit.core.errors import UserError
+from transferkit.data.images import DEFAULT_MAX_PIXELS, BadImage, is_image_file, load_uint8
+from transferkit.data.transforms import prepare
+from transferkit.models.outputs import split_outputs
+
+
+def top_predictions(probs: torch.Tensor, classes: list[str], k: int) -> list[dict]:
+    """The ``k`` most likely classes of one probability row, best first: ``{"label", "index", "prob"}``."""
+    values, indices = probs.topk(min(k, len(classes)))
+    return [{"label": classes[i], "index": i, "prob": round(v, 6)} for v, i in zip(values.tolist(), indices.tolist())]
+
+
+def collect_images(inputs: list[str]) -> list[str]:
+    """Files as given; folders walked recursively (hidden entries skipped), sorted."""
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for dirpath, dirnames, filenames in os.walk(item):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                paths += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f)]
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise UserError(f"image or folder not found: {item}")
+    if not paths:
+        raise UserError(f"no images found in {', '.join(inputs)}")
+    return paths
+
+
+@torch.inference_mode()
+def predict_images(net, pre, classes: list[str], paths: list[str], topk: int = 5, batch_size: int = 32,
+                   device: str | torch.device = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS, progress=None) -> list[dict]:
+    """One entry per path: ``{"path", "predictions": [{"label", "index", "prob"}]}`` or ``{"path", "error"}``."""
+    net.eval()
+    k = min(topk, len(classes))
+    results = []
+    bar = progress(total=len(paths), desc="predicting", unit="img") if progress and len(paths) > batch_size else None
+    for start in range(0, len(paths), batch_size):
+        chunk, arrays, entries = paths[start:start + batch_size], [], []
+        for path in chunk:
+            try:
+                arrays.append(load_uint8(path, pre.size, pre.interpolation, max_pixels))
+                entries.append({"path": path})
+            except BadImage as bad:
+                results.append({"path": path, "error": bad.reason})
+        if arrays:
+            x = prepare(torch.from_numpy(np.stack(arrays)), pre, device)
+            probs = split_outputs(net(x))[0].float().softmax(1).cpu()
+            for entry, row in zip(entries, probs):
+                entry["predictions"] = top_predictions(row, classes, k)
+                results.append(entry)
+        if bar:
+            bar.update(len(chunk))
+    if bar:
+        bar.close()
+    order = {p: i for i, p in enumerate(paths)}
+    return sorted(results, key=lambda r: order[r["path"]])
+
+
+def format_predictions(results: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(results, indent=2)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "rank", "label", "index", "prob", "error"])
+        for r in results:
+            for rank, p in enumerate(r.get("predictions", []), 1):
+                writer.writerow([r["path"], rank, p["label"], p["index"], p["prob"], ""])
+            if "error" in r:
+                writer.writerow([r["path"], "", "", "", "", r["error"]])
+        return buffer.getvalue().rstrip("\n")
+    lines = []
+    for r in results:
+        lines.append(r["path"])
+        if "error" in r:
+            lines.append(f"  error: {r['error']}")
+        for p in r.get("predictions", []):
+            lines.append(f"  {p['prob']:7.2%}  {p['label']}")
+    return "\n".join(lines)
+
+
+def is_run_dir(path: str) -> bool:
+    return (Path(path) / "run.json").is_file()

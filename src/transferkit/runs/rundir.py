@@ -1,0 +1,58 @@
+"""The run directory: run.json + model.safetensors are all that predict/eval/export/serve need."""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import timm
+import torch
+import torchvision
+
+from transferkit import __version__
+from transferkit.core.errors import UserError
+from transferkit.core.safeio import load_weights_file
+from transferkit.data.transforms import Preprocess
+from transferkit.models.family import BackboneInfo
+from transferkit.models.families.custom import registered
+from transferkit.models.plugins import unknown_in_run
+from transferkit.models.transfer import TransferModel, rebuild_model
+from transferkit.models.usercode import activate_run_code
+
+
+def versions() -> dict:
+    return {"transferkit": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "python": platform.python_version()}
+
+
+def read_run(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a transferkit run directory (no run.json); "
+                        "give the --out folder of a finished `transferkit train`")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc})") from None
+
+
+def load_run(run_dir: str | Path, weights_file: str = "model.safetensors"):
+    """``(TransferModel, Preprocess, classes, run)`` rebuilt from the run dir alone (no download)."""
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    weights = run_dir / weights_file
+    if not weights.is_file():
+        raise UserError(f"{run_dir} has no {weights_file}: the run did not finish; resume it with "
+                        f"`transferkit train --out {run_dir} --resume`")
+    activate_run_code(run_dir, run)  # runs the user code stored in the run: trusted runs only
+    model_name, classes = run["model"]["name"], run["classes"]
+    if run["backbone"].get("source") == "registered" and registered(model_name) is None:
+        raise unknown_in_run(model_name)
+    tm = rebuild_model(BackboneInfo.from_json(run["backbone"]), len(classes), run["model"]["head"])
+    state = load_weights_file(weights)
+    missing, unexpected = tm.net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{weights} does not fit {model_name} with {len(classes)} classes "
+                        f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    tm.net.eval()
+    return tm, Preprocess.from_json(run["preprocess"]), classes, run

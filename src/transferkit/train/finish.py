@@ -1,0 +1,63 @@
+"""The end of ``transferkit train``: the best epoch's weights become the run's model, are scored
+on the test split (val when there is none), and the run directory gets ``model.safetensors``,
+``run.json``, the confusion matrix, the per-image outputs and ``report.html``.
+
+Under torchrun every process scores its share of the split; rank 0 alone reads the best
+checkpoint (the others may be on machines that cannot see the run directory, so they receive
+the weights from it) and writes the files.
+"""
+from __future__ import annotations
+
+import time
+
+from safetensors.torch import load_file
+
+from transferkit.core import distributed as dist
+from transferkit.core.safeio import save_safetensors_atomic, write_json_atomic
+from transferkit.engine.batches import Batches
+from transferkit.engine.checkpoint import best_path
+from transferkit.engine.loop import predict_logits
+from transferkit.runs.evaluate import save_outputs
+from transferkit.runs.metrics import score
+from transferkit.runs.report import write_report
+from transferkit.runs.rundir import versions
+
+
+def finish_run(run) -> dict:
+    """``run``: the finished ``trainer.Training``."""
+    s, path, cfg = run.start, run.prepared.path, run.cfg
+    if dist.is_main():
+        best_state = load_file(str(best_path(run.run_dir)))
+        s.tm.net.load_state_dict(best_state)
+        save_safetensors_atomic(best_state, run.run_dir / "model.safetensors")
+    dist.broadcast_module(s.tm.net)
+    test_name = "test" if "test" in path.sources else "val"
+    batches = Batches(path.sources[test_name], run.eval_batch, rank=dist.rank(), world=dist.world())
+    logits, labels = predict_logits(path.module, batches, path.to_input, s.autocast, progress=s.progress,
+                                    desc=f"scoring {test_name}")
+    final = score(logits, labels, s.splits.classes)
+    result = {"run_dir": str(run.run_dir), "metrics": final, "split": test_name, "best_epoch": run.best["epoch"],
+              "cached": path.cached}
+    if not dist.is_main():
+        return result
+    sets = run.prepared.sets
+    save_outputs(run.run_dir, test_name, logits, labels, s.splits.split(test_name), sets[test_name], cfg.data)
+    model_spec = s.specs["model"]
+    record = {
+        "format": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": cfg.to_json(), "classes": s.splits.classes,
+        "model": {"name": model_spec, "head": s.specs["head"], "num_classes": len(s.splits.classes),
+                  "plugin": s.specs["plugin"]},
+        "backbone": dict(s.tm.info.to_json(), name=model_spec), "preprocess": run.prepared.pre.to_json(),
+        "freeze": {"spec": cfg.freeze, "cut": run.prepared.plan.cut}, "feature_cache": path.message,
+        "data": {"spec": cfg.data, **{n: len(x) for n, x in sets.items()}},
+        "lr": run.lr, "best_epoch": run.best["epoch"],
+        "metrics": {"split": test_name, **{k: final[k] for k in ("top1", "top5", "loss", "n", "ece")}},
+        "versions": versions(),
+    }
+    if dist.world() > 1:
+        record["distributed"] = {"processes": dist.world(), "backend": dist.backend()}
+    write_json_atomic(run.run_dir / "run.json", record)
+    write_json_atomic(run.run_dir / "confusion_matrix.json", {"split": test_name, "classes": s.splits.classes,
+                                                               "matrix": final["confusion_matrix"]})
+    write_report(run.run_dir)
+    return result

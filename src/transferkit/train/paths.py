@@ -1,0 +1,92 @@
+"""Choose how to feed the trainable part: from the feature cache, or images through the whole model.
+
+The cache is used whenever it gives the same training as the plain loop: the first stages are
+frozen as a whole (so their output is a fixed function of the image), no random augmentation
+touches their input, and the architecture can be cut there. ``train`` prints the decision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from transferkit.core.devices import uses_convolutions
+from transferkit.data.transforms import Preprocess, prepare, random_flip
+from transferkit.engine.feature_cache import build_features, cache_key, default_cache_dir
+from transferkit.models.cut import split_is_exact
+from transferkit.models.plugins import model_code_sha256
+
+
+@dataclass
+class TrainPath:
+    module: torch.nn.Module           # what the optimizer trains (shares parameters with the net)
+    sources: dict                     # split name -> image set or FeatureSet
+    to_input: Callable                # (raw batch, step state or None, batch index) -> device tensor
+    cached: bool
+    message: str
+
+
+def _trainable_names(tm, cut: int) -> str:
+    stages = tm.layout.stages[cut:]
+    names = [s[0] for s in stages[:3]] + (["..."] if len(stages) > 3 else [])
+    return ", ".join(names + [tm.layout.classifier])
+
+
+def images_path(tm, sets: dict, pre: Preprocess, device, channels_last: bool, augment: str, seed: int, why: str) -> TrainPath:
+    def to_input(raw, state, b):
+        if augment == "flip" and state is not None:
+            raw = random_flip(raw, torch.Generator().manual_seed((seed * 1_000_003 + state.epoch) * 100_003 + b))
+        return prepare(raw, pre, device, channels_last)
+    return TrainPath(tm.net, sets, to_input, False, f"feature cache: off ({why}); training the full forward pass")
+
+
+def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, progress) -> TrainPath:
+    channels_last = uses_convolutions(tm.net)
+    plain = lambda why: images_path(tm, sets, pre, device, channels_last, cfg.augment, cfg.seed, why)  # noqa: E731
+    if not cfg.cache:
+        return plain("--no-cache")
+    if plan.cut is None:
+        return plain(f"--freeze {cfg.freeze} freezes no whole leading stages")
+    if cfg.augment != "none":
+        return plain(f"--augment {cfg.augment} changes the frozen part's input every epoch")
+    parts = tm.split(plan.cut)
+    if parts is None:
+        return plain(f"{cfg.model} cannot be cut after stage {plan.cut}; it caches only with --freeze backbone")
+    front, back = (p.to(device) for p in parts)
+    if tm.info.source in ("user", "registered", "hub"):
+        sample = prepare(sets["train"].batch(torch.arange(min(2, len(sets["train"])))), pre, device)
+        if not split_is_exact(tm.net, front, back, sample):
+            return plain(f"{cfg.model} does more after its last nn.Linear ({tm.layout.classifier}) than "
+                         "return its output, so it cannot be cut there")
+    if channels_last:
+        front = front.to(memory_format=torch.channels_last)
+    root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    key_parts = {"backbone": tm.info.name, "weights_sha256": tm.info.weights_sha256, "weights": tm.info.weights,
+                 "cut": plan.cut, "pre": pre.key(),
+                 # exactly what the front computes: module paths and functional steps, in order
+                 "front": front.tokens}
+    if code := model_code_sha256(tm.info.name):  # a user's edited model file is another model
+        key_parts["code"] = code
+    if tm.info.weights == "none":  # random weights differ by seed
+        key_parts["seed"] = cfg.seed
+    features, built, size = {}, 0, 0
+    for name, imageset in sets.items():
+        key = cache_key(dict(key_parts, data=imageset.fingerprint()))
+        features[name] = build_features(front, imageset, pre, root / key, key, device, channels_last,
+                                        batch_size=256 if device.type == "cpu" else 512,
+                                        progress=progress, autocast=autocast)
+        built += len(imageset) if features[name].built else 0
+        size += features[name].nbytes
+    shape = "x".join(str(d) for d in features["train"].features.shape[1:])
+    reused = sum(len(f) for f in features.values()) - built
+    what = " + ".join(part for part in (f"built {built:,}" if built else "", f"reused {reused:,}" if reused else "") if part)
+    frozen_part = "backbone" if plan.cut >= len(tm.layout.stages) else f"first {plan.cut} stages"
+    message = (f"feature cache: on ({frozen_part} frozen, no augmentation): {what} images"
+               f" x {shape} fp16 ({size / 1e6:.0f} MB) in {root}; training {_trainable_names(tm, plan.cut)} from it")
+
+    def to_input(raw, state, b):
+        x = raw.to(device, non_blocking=True).float()
+        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
+    return TrainPath(back, features, to_input, True, message)

@@ -1,0 +1,114 @@
+"""What ``train`` and ``lr-find`` do before the first step: seeds, the run directory, data,
+freezing, a dry forward of a real batch, and the input path (feature cache or full forward)."""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferkit.core import distributed as dist
+from transferkit.core.config import TrainConfig
+from transferkit.core.errors import UserError
+from transferkit.core.progress import log
+from transferkit.data.imagesets import decode_splits
+from transferkit.data.specs import DataSplits, stratified_split
+from transferkit.data.transforms import Preprocess, prepare
+from transferkit.engine import checkpoint as ckpt
+from transferkit.engine.batches import auto_batch_size
+from transferkit.models.freeze import FreezePlan, apply_freeze, plan_freeze
+from transferkit.models.shapecheck import check_shapes
+from transferkit.models.transfer import TransferModel
+from transferkit.train.paths import TrainPath, choose_path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def limit_training_images(splits: DataSplits, cfg: TrainConfig) -> DataSplits:
+    """``--train-limit``: a stratified sample of the training split, the same for a given seed."""
+    if cfg.train_limit and cfg.train_limit < len(splits.train):
+        keep, _ = stratified_split(splits.train.labels.numpy(), 1 - cfg.train_limit / len(splits.train), cfg.seed)
+        splits.train = splits.train.subset(keep)
+    return splits
+
+
+@dataclass
+class Prepared:
+    """What train and lr-find share once the data and the model are ready."""
+
+    pre: Preprocess
+    plan: FreezePlan
+    frozen: list            # frozen modules, kept in eval mode while training
+    sets: dict              # split name -> decoded image set
+    path: TrainPath         # how batches reach the trainable part
+
+
+def training_path(cfg: TrainConfig, tm: TransferModel, sets: dict, device, autocast, progress) -> Prepared:
+    """Preprocessing, freezing, decoded images, a dry forward of a real batch, and the chosen input
+    path (feature cache or full forward), announced in one line."""
+    pre = tm.info.preprocess(cfg.image_size)
+    plan = plan_freeze(tm.net, tm.layout, cfg.freeze)
+    frozen = apply_freeze(tm.net, tm.layout, plan)
+    if tm.info.weights == "none" and plan.spec == "backbone":
+        # Legitimate (a random-features baseline) but mostly a forgotten --freeze none.
+        log("note: --weights none with --freeze backbone trains only the head on random features; "
+            "--freeze none trains the whole model")
+    tm.net.to(device)
+    sets = decode_splits(sets, pre.size, pre.interpolation, skip_bad=cfg.skip_bad, max_pixels=cfg.max_pixels,
+                         progress=progress, consequence=", nothing trained")
+    if len(sets["train"]) == 0:
+        raise UserError(f"data '{cfg.data}' has no training images")
+    check_shapes(tm.net, prepare(sets["train"].batch(torch.arange(min(2, len(sets["train"])))), pre, device),
+                 tm.num_classes)
+    path = choose_path(cfg, tm, plan, sets, pre, device, autocast, progress)
+    log(path.message)
+    return Prepared(pre, plan, frozen, sets, path)
+
+
+def global_batch(cfg: TrainConfig, path: TrainPath, device, autocast) -> int:
+    """--batch-size is the global batch, split between the torchrun processes; 'auto' fills each GPU."""
+    n = len(path.sources["train"])
+    if cfg.batch_size != "auto":
+        size = int(cfg.batch_size)
+    else:
+        sample = path.to_input(path.sources["train"].batch(torch.arange(1)), None, 0)
+        size = auto_batch_size(path.module, tuple(sample.shape[1:]), device, autocast, n)
+        if device.type == "cuda":  # what fits the smallest GPU, on every GPU
+            size = int(dist.all_reduce([size], "min")[0]) * dist.world()
+    if size < dist.world() or n < dist.world():
+        raise UserError(f"--batch-size {size} with {n} training images cannot be split between {dist.world()} "
+                        f"processes: --batch-size is the global batch; give at least {dist.world()}")
+    return size
+
+
+def prepare_run_dir(cfg: TrainConfig) -> Path:
+    run_dir = Path(cfg.out or f"runs/{Path(cfg.model).stem.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not cfg.resume and ((run_dir / "run.json").exists() or (run_dir / "checkpoints").exists()):
+        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def restarted_state(cfg: TrainConfig) -> dict | None:
+    """The checkpoint to continue after torchrun (--max-restarts) started the workers again.
+
+    A restart runs the same command, without --resume: continue the run when its checkpoint was
+    written by this same command (same settings), rather than refuse the run directory.
+    """
+    run_dir = Path(cfg.out)
+    if cfg.resume or not dist.restart_count() or (run_dir / "run.json").exists():
+        return None
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        return None
+    state = ckpt.load_checkpoint(run_dir)
+    # The first restart saved its config with resume=True; a later restart still continues it.
+    same = {**state["config"], "resume": False} == {**cfg.to_json(), "resume": False}
+    return state if same else None

@@ -1,0 +1,110 @@
+"""The start of a training run: settings (a resume takes the checkpoint's), the run directory,
+the device, the data, the model with its weights, and the path its batches take.
+
+The model holds its final starting weights before anything runs it: on a resume the
+checkpoint's weights are loaded first, so a feature cache built now is built from them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from transferkit.core import distributed as dist
+from transferkit.core.config import TrainConfig, resume_config
+from transferkit.core.errors import UserError
+from transferkit.core.progress import log, make_progress
+from transferkit.data.specs import DataSplits, load_data
+from transferkit.engine import checkpoint as ckpt
+from transferkit.engine.ddp import ddp
+from transferkit.engine.optim import amp_dtype, autocast_for
+from transferkit.models.family import BackboneInfo
+from transferkit.models.plugins import copy_plugin_into_run
+from transferkit.models.transfer import TransferModel, create_model
+from transferkit.models.usercode import copy_into_run, is_user_spec, resolve_run_code
+from transferkit.runs.tblog import open_log
+from transferkit.train.setup import (
+    Prepared,
+    global_batch,
+    limit_training_images,
+    prepare_run_dir,
+    restarted_state,
+    seed_everything,
+    training_path,
+)
+
+
+@dataclass
+class Start:
+    cfg: TrainConfig
+    run_dir: Path
+    splits: DataSplits
+    tm: TransferModel
+    specs: dict                   # the model, head and plugin specs as run.json stores them
+    prepared: Prepared
+    device: torch.device
+    precision: torch.dtype | None  # mixed precision on CUDA, None on the CPU
+    progress: object
+    tb: object                    # the --log writer
+    batch_size: int
+    resume_state: dict | None
+
+    def autocast(self):
+        return autocast_for(self.precision)()
+
+    def wrap(self, module, sample, set_train):
+        """The trainable part as the optimizer steps it: itself, or in DDP under torchrun."""
+        return ddp(module, self.device, sample, set_train)
+
+
+def start(cfg: TrainConfig, splits: DataSplits | None = None) -> Start:
+    if dist.launched() and not cfg.out:
+        raise UserError("under torchrun give --out RUN_DIR: every process (and every restart) must use the same run directory")
+    resume_state = restarted_state(cfg)
+    if resume_state:
+        log(f"torchrun restart {dist.restart_count()}: continuing {cfg.out} from its checkpoint")
+        cfg = replace(cfg, resume=True)
+    run_dir = prepare_run_dir(cfg)
+    if cfg.resume:
+        # No process writes the checkpoint before all of them have read it (the first write
+        # follows collectives), and writes are atomic: every process reads the same state.
+        resume_state = resume_state or ckpt.load_checkpoint(run_dir)
+        cfg = resume_config(resume_state["config"], cfg)
+    device = dist.setup(cfg.device)
+    progress = make_progress(cfg.quiet)
+    tb = open_log(cfg.log if dist.is_main() else "none", run_dir)  # before any work: a missing package fails fast
+    seed_everything(cfg.seed)
+    precision = amp_dtype(device, cfg.amp)
+    splits = limit_training_images(splits if splits is not None else load_data(cfg.data, cfg.seed), cfg)
+    tm, specs = _model(cfg, splits, run_dir, resume_state)
+    sets = {n: s for n, s in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if s is not None}
+    autocast = autocast_for(precision)
+    prepared = training_path(cfg, tm, sets, device, autocast, progress)
+    batch_size = (resume_state or {}).get("batch_size") or global_batch(cfg, prepared.path, device, autocast)
+    return Start(cfg, run_dir, splits, tm, specs, prepared, device, precision, progress, tb, batch_size, resume_state)
+
+
+def _model(cfg: TrainConfig, splits: DataSplits, run_dir: Path, resume_state: dict | None) -> tuple[TransferModel, dict]:
+    """The model with the weights training starts from, and its specs as run.json stores them."""
+    if resume_state is None:
+        tm = create_model(cfg.model, len(splits.classes), cfg.weights, cfg.head)
+        specs = {"model": None, "head": None, "plugin": None}
+        if dist.is_main():  # rank 0 copies the user's files into the run; the others need the names only
+            specs = {"model": copy_into_run(cfg.model, run_dir) if is_user_spec(cfg.model) else cfg.model,
+                     "head": copy_into_run(cfg.head, run_dir) if is_user_spec(cfg.head) else cfg.head,
+                     "plugin": copy_plugin_into_run(cfg.model, run_dir) if tm.info.source == "registered" else None}
+        return tm, dist.broadcast_object(specs)
+    if resume_state["classes"] != splits.classes:
+        # Same count, other names or order: every label would silently mean another class.
+        raise UserError(f"--resume: the data's classes {splits.classes[:6]} are not the checkpoint's "
+                        f"{resume_state['classes'][:6]} (names and order must match); restore the data as it was")
+    if dist.is_main():
+        ckpt.repair_best(run_dir, resume_state)
+    # The run's own copies of the user's files (and plugin), as stored when it started.
+    specs = {"model": resume_state["model_spec"], "head": resume_state["head_spec"], "plugin": resume_state.get("plugin")}
+    model_file, head_file = resolve_run_code(run_dir, specs["model"], specs["head"], specs["plugin"])
+    tm = create_model(model_file, len(splits.classes), "none", head_file)
+    tm.info = BackboneInfo.from_json({**resume_state["backbone"], "name": model_file})
+    tm.net.load_state_dict(resume_state["model"])
+    return tm, specs
