@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transferkit.cli import main
 
+from transferkit.cli import main
 from transferkit.core.safeio import load_torch_file
 
 BASE = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--epochs", "2", "--batch-size", "4",

@@ -16,8 +16,8 @@ import pytest
 from conftest import fresh_process, user_copy
 from PIL import Image
 from safetensors.torch import load_file
-from transferkit.cli import main
 
+from transferkit.cli import main
 from transferkit.models import plugins
 
 # Small and fast: from-scratch models need the full learning rate on every layer.

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_image_folder
-from transferkit.cli import main
 
+from transferkit.cli import main
 from transferkit.core.safeio import load_torch_file
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

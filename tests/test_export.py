@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_image_folder
+
 from transferkit.cli import main
 
 pytest.importorskip("onnx")

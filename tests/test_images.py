@@ -8,8 +8,8 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from transferkit.cli import main
 
+from transferkit.cli import main
 from transferkit.data.images import BadImage, open_rgb
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import TINY_TRAIN
 from PIL import Image
-from transferkit.cli import main
 
+from transferkit.cli import main
 from transferkit.engine.batches import Batches
 from transferkit.train.lrfind import END_LR, START_LR, range_test, suggest
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+
 from transferkit.cli import main
 
 

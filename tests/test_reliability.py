@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_image_folder
-from transferkit.cli import main
 
+from transferkit.cli import main
 from transferkit.core.errors import UserError
 from transferkit.core.safeio import atomic_write, check_torch_version, load_torch_file
 

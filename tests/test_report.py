@@ -18,8 +18,8 @@ import pytest
 import torch
 from conftest import TINY_TRAIN, make_image_folder
 from PIL import Image
-from transferkit.cli import main
 
+from transferkit.cli import main
 from transferkit.data.specs import load_data
 from transferkit.runs.evaluate import save_outputs
 from transferkit.runs.report import load_outputs, worst_errors

@@ -17,8 +17,8 @@ import pytest
 import torch
 from conftest import TINY_TRAIN, make_image_folder
 from torch import nn
-from transferkit.cli import main
 
+from transferkit.cli import main
 from transferkit.deploy.batcher import DynamicBatcher, Overloaded
 
 pytest.importorskip("fastapi")
