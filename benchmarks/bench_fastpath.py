@@ -53,7 +53,7 @@ def pipeline(size: int, n: int = 54000, batch_size: int = 256) -> dict:
     from transferkit.core.cputuning import tune_malloc
     from transferkit.data.specs import load_data
     from transferkit.data.transforms import Preprocess, prepare
-    from transferkit.engine.loop import Batches
+    from transferkit.engine.batches import Batches
 
     tune_malloc()  # as the transferkit command does at start; both sides get it (see cputuning.py)
     result = {}

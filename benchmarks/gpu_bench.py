@@ -63,15 +63,9 @@ def ours(images, labels, epochs: int, batch_size: int) -> dict:
     """transferkit's engine: uint8 batches resized/normalised on the GPU, bf16/fp16 autocast, channels_last."""
     from transferkit.data.imagesets import TensorImages
     from transferkit.data.transforms import Preprocess, prepare
-    from transferkit.engine.loop import (
-        Batches,
-        StepState,
-        amp_dtype,
-        autocast_for,
-        make_optimizer,
-        train_one_epoch,
-        warmup_cosine,
-    )
+    from transferkit.engine.batches import Batches
+    from transferkit.engine.loop import StepState, train_one_epoch
+    from transferkit.engine.optim import amp_dtype, autocast_for, make_optimizer, warmup_cosine
     from transferkit.models.freeze import apply_freeze, param_groups, plan_freeze, train_mode
     from transferkit.models.transfer import create_model
 

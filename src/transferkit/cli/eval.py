@@ -17,7 +17,6 @@ def run(args) -> int:
         return 0
     print(json.dumps(result, indent=2) if args.format == "json" else format_table(result))
     if args.report:
-
         path = write_report(args.run_dir, args.report, outputs_path(args.run_dir, args.split))
         if args.format != "json":  # keep --format json output parseable
             print(f"report: {path}")

@@ -56,7 +56,6 @@ def _data(sub):
 
 
 def _train(sub):
-
     p = add_command(sub, "train", "fine-tune a pretrained backbone on your classes; writes a run directory",
                     "transferkit train --data path/to/images --model resnet18 --freeze backbone --epochs 5 --out runs/pets")
     p.add_argument("--config", metavar="FILE.yaml", help="settings file with the same names as the flags (flags win)")
@@ -65,7 +64,6 @@ def _train(sub):
 
 
 def _lr_find(sub):
-
     p = add_command(sub, "lr-find", "learning-rate range test: sweep the lr from 1e-7 to 1 on the training path "
                     "and suggest the steepest descent of the loss (what `train --lr auto` uses)",
                     "transferkit lr-find --data path/to/images --model resnet18 --freeze backbone --out lr_find.png")

@@ -61,17 +61,14 @@ def restart_count() -> int:
 def active() -> bool:
     if not launched():
         return False
-
     return torch_dist.is_available() and torch_dist.is_initialized()
 
 
 def setup(device_spec: str):
     """This process's device; under torchrun also join the process group (once per process)."""
-
     device = pick_device(device_spec)
     if not launched():
         return device
-
     if device.type == "cuda":
         if device_spec not in ("auto", "cuda"):
             raise UserError(f"--device {device_spec}: under torchrun each process uses cuda:LOCAL_RANK; "
@@ -103,14 +100,12 @@ def backend() -> str | None:
 
 
 def _comm():
-
     return _state["comm"] or torch.device("cpu")
 
 
 def cleanup() -> None:
     """Leave the process group, if ``setup`` joined it (a caller's own group is left alone)."""
     if _state["started_here"] and active():
-
         # A DDP wrapper caught in a reference cycle would otherwise outlive the group and be torn
         # down at interpreter exit, where gloo aborts ("terminate called without an active exception").
         gc.collect()
@@ -136,7 +131,6 @@ def scope():
 
 def barrier() -> None:
     if active():
-
         torch_dist.barrier(device_ids=[_comm().index] if _comm().type == "cuda" else None)
 
 
