@@ -93,10 +93,12 @@ def _eval(sub):
 
 def _report(sub):
     p = add_command(sub, "report", "(re)write a run's report.html: curves, confusion matrix, per-class scores, worst "
-                    "errors, calibration and settings, in one self-contained page",
-                    "transferkit report runs/pets            # writes runs/pets/report.html")
+                    "errors, calibration and settings, in one self-contained page; and its model card README.md "
+                    "and config.json (the Hugging Face model folder files)",
+                    "transferkit report runs/pets            # writes runs/pets/report.html, README.md, config.json")
     p.add_argument("run_dir")
-    p.add_argument("--out", metavar="FILE.html", help="write here instead of RUN_DIR/report.html")
+    p.add_argument("--out", metavar="FILE.html",
+                   help="write the page here instead of RUN_DIR/report.html, and leave the run directory untouched")
     p.set_defaults(module="report")
 
 
