@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import make_image_folder
 from PIL import Image
 from safetensors import safe_open
 from sklearn.datasets import load_sample_images
@@ -21,8 +22,6 @@ from transferkit.cli import main
 from transferkit.data.images import load_uint8
 from transferkit.data.transforms import prepare
 from transferkit.runs.rundir import load_run
-
-from conftest import make_image_folder
 
 HERE = Path(__file__).resolve().parent
 RUNS = {  # --model -> --weights (no network: random init, or the packaged ImageNet weights)

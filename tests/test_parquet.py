@@ -85,8 +85,8 @@ def test_decoded_rows_equal_decoded_files_and_memory_holds_one_batch(hub_folder,
             yield positions, cells
     monkeypatch.setattr(parquet, "BATCH_ROWS", 4)
     monkeypatch.setattr(parquet.ParquetRows, "batches", spy)
-    decoded, bad = test.subset([5, 0, 3]).decode(24)
-    assert not bad and max(seen) <= 4
+    decoded, bad = test.subset([5, 0, 3, 1, 2, 4]).decode(24)
+    assert not bad and max(seen) <= 4 and sum(seen) == 6
     for k, row in enumerate([5, 0, 3]):
         file = tmp_path / f"{row}.png"
         file.write_bytes(png([0, 1, 1, 0, 0, 1][row], 200 + row))
