@@ -58,10 +58,13 @@ def split_spec(spec: str) -> tuple[str, dict]:
     return spec, {}
 
 
-def _parquet_files(root: Path) -> list[Path]:
-    """Parquet files up to three folders deep (the Hub's layouts), hidden ones skipped."""
-    found = [p for depth in ("*.parquet", "*/*.parquet", "*/*/*.parquet", "*/*/*/*.parquet") for p in root.glob(depth)]
-    return sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(root).parts))
+def _parquet_files(root: Path):
+    """Parquet files up to two folders deep (the Hub's layouts: ``data/train-*.parquet``,
+    ``<config>/<split>/0000.parquet``), hidden ones skipped, in no particular order."""
+    for pattern in ("*.parquet", "*/*.parquet", "*/*/*.parquet"):
+        for path in root.glob(pattern):
+            if not any(part.startswith(".") for part in path.relative_to(root).parts):
+                yield path
 
 
 def claims(spec: str) -> bool:
@@ -69,7 +72,7 @@ def claims(spec: str) -> bool:
     path = Path(split_spec(spec)[0]).expanduser()
     if path.is_file():
         return path.suffix.lower() == ".parquet"
-    return path.is_dir() and bool(_parquet_files(path))
+    return path.is_dir() and next(_parquet_files(path), None) is not None
 
 
 def split_of(relative: Path) -> str | None:
@@ -322,7 +325,7 @@ def read_spec(spec: str) -> tuple[list[str], dict]:
     """``(classes, {split: ArrowImages})`` of a parquet SPEC (see the module's docstring)."""
     location, options = split_spec(spec)
     root = Path(location).expanduser()
-    files = [root] if root.is_file() else _parquet_files(root)
+    files = [root] if root.is_file() else sorted(_parquet_files(root))
     grouped: dict[str, list[Path]] = {}
     for file in files:
         grouped.setdefault(split_of(file.relative_to(root.parent if root.is_file() else root)) or "train", []).append(file)
