@@ -217,7 +217,9 @@ class TorchvisionFamily(Family):
         cached, url, what = self.cache_file(name, variant), member.url, f"torchvision weights {member}"
         if cached.is_file():
             return load_weights_file(cached), f"cache {cached}", checked_sha256(cached, what)
-        require_host(urlparse(url).hostname, what)
+        where = urlparse(url)
+        if where.scheme in ("http", "https"):  # a mirror may serve file:// URLs
+            require_host(where.hostname, what, port=where.port or (443 if where.scheme == "https" else 80))
         try:
             # weights_only: the download is unpickled with no code allowed, like every file we read.
             torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, weights_only=True)

@@ -39,10 +39,10 @@ def download_failed(what: str, exc: Exception) -> UserError:
     return UserError(f"cannot download {what} ({type(exc).__name__}: {first}); {OFFLINE_HINT}")
 
 
-def require_host(host: str, what: str, timeout: float = 3.0) -> None:
+def require_host(host: str, what: str, timeout: float = 3.0, port: int = 443) -> None:
     """Fail in seconds, not after a minute of a client's retries, when ``host`` is unreachable."""
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
         raise download_failed(f"{what} ({host} unreachable)", exc) from None
 
