@@ -6,6 +6,8 @@ from transferkit.deploy.embed import embed
 
 
 def run(args) -> int:
+    if args.weights and not args.model:
+        raise UserError("--weights goes with --model NAME; a run directory brings its own weights")
     if args.model:
         if len(args.inputs) != 1:
             raise UserError("with --model give exactly one DATA spec")
@@ -15,7 +17,7 @@ def run(args) -> int:
             raise UserError("give RUN_DIR and DATA (or --model NAME and DATA)")
         (source, data), from_run = args.inputs, True
     result = embed(source, data, args.out, from_run, args.device, progress=make_progress(args.quiet), seed=args.seed,
-                   skip_bad=args.skip_bad)
+                   skip_bad=args.skip_bad, weights=args.weights or "imagenet")
     if not is_main():  # under torchrun rank 0 writes and prints
         return 0
     print(f"wrote {result['n']:,} embeddings of dimension {result['dim']} to {result['out']}")

@@ -28,6 +28,11 @@ def add_command(subparsers, name: str, help_text: str, example: str) -> argparse
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+WEIGHTS_HELP = ("with --model: imagenet (default: ImageNet weights, those already on this machine first), a torchvision "
+                "weight name (DEFAULT, IMAGENET1K_V1, MobileNet_V2_Weights.IMAGENET1K_V1), a timm tag "
+                "(timm/resnet50.a1_in1k), or PATH to .safetensors/.pth")
+
+
 # Train flags that mean nothing to a sweep of ~100 steps (and --out names the plot here, not a run dir).
 NOT_FOR_SWEEP = ("out", "resume", "epochs", "lr", "warmup_epochs", "checkpoint_every", "log")
 
@@ -93,19 +98,23 @@ def _eval(sub):
 
 def _report(sub):
     p = add_command(sub, "report", "(re)write a run's report.html: curves, confusion matrix, per-class scores, worst "
-                    "errors, calibration and settings, in one self-contained page",
-                    "transferkit report runs/pets            # writes runs/pets/report.html")
+                    "errors, calibration and settings, in one self-contained page; and its model card README.md "
+                    "and config.json (the Hugging Face model folder files)",
+                    "transferkit report runs/pets            # writes runs/pets/report.html, README.md, config.json")
     p.add_argument("run_dir")
-    p.add_argument("--out", metavar="FILE.html", help="write here instead of RUN_DIR/report.html")
+    p.add_argument("--out", metavar="FILE.html",
+                   help="write the page here instead of RUN_DIR/report.html, and leave the run directory untouched")
     p.set_defaults(module="report")
 
 
 def _predict(sub):
     p = add_command(sub, "predict", "top-k classes with probabilities for images (files or folders, walked recursively)",
                     "transferkit predict runs/pets photo.jpg more_photos/ --topk 5\n"
-                    "  transferkit predict --model efficientnet_lite0 photo.jpg   # ImageNet classes")
+                    "  transferkit predict --model efficientnet_lite0 photo.jpg   # ImageNet classes\n"
+                    "  transferkit predict --model mobilenet_v2 --weights IMAGENET1K_V1 photo.jpg")
     p.add_argument("inputs", nargs="+", metavar="RUN_DIR|IMAGE", help=f"{TRUSTED_RUN}; then images or folders")
     p.add_argument("--model", help="predict ImageNet classes with this pretrained backbone instead of a run")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--device", default="auto")
@@ -122,6 +131,7 @@ def _embed(sub):
                     "  transferkit embed --model efficientnet_lite0 digits --out digits.npz")
     p.add_argument("inputs", nargs="+", metavar="RUN_DIR|DATA", help="a run directory and a data SPEC, or only DATA with --model")
     p.add_argument("--model", help="embed with this pretrained backbone instead of a run")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument("--out", required=True, help="output .npz or .parquet file")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the train/val split of a plain folder (default: the run's own seed; 0 with --model)")

@@ -14,13 +14,15 @@ def run(args) -> int:
         run_dir, inputs = inputs[0], inputs[1:]
         if not inputs:
             raise UserError("give at least one image or folder after the run directory")
+    if args.weights and not args.model:
+        raise UserError("--weights goes with --model NAME; a run directory brings its own weights")
     if args.backend != "torch" and args.model:
         raise UserError(f"--backend {args.backend} predicts with an exported run; give RUN_DIR instead of --model")
     if args.topk < 1:
         raise UserError("--topk must be at least 1")
     paths = collect_images(inputs)
     if args.backend == "torch":
-        net, pre, classes = load_predictor(run_dir, args.model)
+        net, pre, classes = load_predictor(run_dir, args.model, args.weights or "imagenet")
         device = pick_device(args.device)
     else:
         net, pre, classes = load_exported(run_dir, args.backend)

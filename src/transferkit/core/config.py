@@ -18,13 +18,16 @@ def opt(default, help: str, **extra):
 @dataclass
 class TrainConfig:
     data: str = opt(None, "data SPEC: a folder (root/<class>/<img> or root/train|val|test/...), a CSV of path,label, "
-                          "or fashion-mnist | cifar10 | digits")
+                          "a .parquet file or folder in the Hugging Face Hub's layout (columns named by "
+                          "PATH:image=COL,label=COL when not found), or fashion-mnist | cifar10 | digits")
     model: str = opt("efficientnet_lite0", "backbone: a torchvision name (resnet18), timm/NAME, efficientnet_lite0..2, "
                                            "hub:owner/repo:entry, a name registered by a --plugin, or your own "
                                            "path/file.py:Class, built as Class(num_classes=N), its last nn.Linear the "
                                            "classifier (use --weights none or PATH). Your file is copied into the run "
                                            "and runs again whenever the run is loaded: use trusted code only")
-    weights: str = opt("imagenet", "imagenet | none | PATH to .safetensors or a weights-only .pth")
+    weights: str = opt("imagenet", "imagenet | none | PATH to .safetensors or a weights-only .pth | a weight name: "
+                                   "torchvision's DEFAULT, IMAGENET1K_V1, MobileNet_V2_Weights.IMAGENET1K_V1, or a timm "
+                                   "tag timm/resnet50.a1_in1k (cached ones are used offline, their hash checked)")
     freeze: str = opt("backbone", "none | backbone (train the head only) | N (freeze the first N stages) | "
                                   "name,name (module prefixes). Frozen parts keep BatchNorm in eval mode: "
                                   "running statistics are used and never updated")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 
 from transferkit.data.images import DEFAULT_MAX_PIXELS, BadImage, open_rgb
 from transferkit.data.specs import load_data
@@ -17,7 +18,9 @@ from transferkit.data.specs import load_data
 IMBALANCE_WARN = 10.0  # largest/smallest class count above this is worth a warning
 
 
-def _file_hash(path: str) -> str:
+def _file_hash(path) -> str:
+    if hasattr(path, "getvalue"):  # encoded bytes from a parquet row
+        return hashlib.sha256(path.getvalue()).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -25,10 +28,14 @@ def _file_hash(path: str) -> str:
     return digest.hexdigest()
 
 
-def _inspect(path: str, max_pixels: int):
+def _inspect(item, max_pixels: int):
+    """``item``: a file path, or ``(name, path | BytesIO | BadImage)`` from a set's ``encoded()``."""
+    path, source = item if isinstance(item, tuple) else (item, item)
     try:
-        open_rgb(path, max_pixels)
-        return path, None, _file_hash(path)
+        if isinstance(source, BadImage):
+            raise source
+        open_rgb(source, max_pixels)
+        return path, None, _file_hash(source)
     except BadImage as bad:
         return path, bad.reason, None
     except OSError as exc:
@@ -50,11 +57,14 @@ def check_data(spec: str, max_pixels: int | None = None) -> dict:
         if not hasattr(imageset, "paths") or not getattr(imageset, "paths", None) or not hasattr(imageset, "decode"):
             continue  # built-ins: in-memory tensors, nothing on disk to inspect
         with ThreadPoolExecutor(max_workers=4) as pool:
-            for path, reason, digest in pool.map(lambda p: _inspect(p, max_pixels), imageset.paths):
-                if reason:
-                    report["bad_files"].append({"split": name, "path": path, "reason": reason})
-                else:
-                    owners[digest].append((name, path))
+            items = iter(imageset.encoded() if hasattr(imageset, "encoded") else imageset.paths)  # parquet rows: bytes
+            # In chunks: pool.map takes its whole input at once, and parquet rows hold their bytes.
+            while chunk := list(islice(items, 256)):
+                for path, reason, digest in pool.map(lambda p: _inspect(p, max_pixels), chunk):
+                    if reason:
+                        report["bad_files"].append({"split": name, "path": path, "reason": reason})
+                    else:
+                        owners[digest].append((name, path))
     for digest, where in owners.items():
         if len(where) > 1:
             entry = {"sha256": digest[:16], "files": [f"{s}:{p}" for s, p in where]}

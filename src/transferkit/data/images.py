@@ -98,15 +98,20 @@ def open_rgb(path, max_pixels: int = DEFAULT_MAX_PIXELS):
 
 
 def resize_center_crop(img, size: int, interpolation: str = "bilinear"):
-    """Resize the short side to ``size`` and take the centre square (aspect ratio kept)."""
+    """Resize the short side to ``size`` and take the centre square (aspect ratio kept).
+
+    Pixel for pixel what torchvision's ``Resize(size)`` + ``CenterCrop(size)`` give (timm's eval
+    transform with crop_pct 1.0), so a run loaded in timm or torchvision sees the same input:
+    the long side is truncated, the crop offset rounded, as they do.
+    """
     from PIL import Image
 
     resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
     width, height = img.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    long = int(size * max(width, height) / min(width, height))
+    new_w, new_h = (size, long) if width <= height else (long, size)
     img = img.resize((new_w, new_h), resample)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
     return img.crop((left, top, left + size, top + size))
 
 

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from transferkit.core.errors import UserError
+from transferkit.data import parquet
 from transferkit.data.images import resize_center_crop, to_chw, to_rgb
 from transferkit.data.imagesets import TensorImages
-from transferkit.data.specs import SPLIT_NAMES, VAL_FRACTION, DataSplits, stratified_split
+from transferkit.data.specs import SPLIT_NAMES, VAL_FRACTION, DataSplits, stratified_split, with_val
 
 
 def to_uint8_chw(image, where: str = "image") -> torch.Tensor:
@@ -143,7 +144,10 @@ def image_set(dataset, name: str, classes: list[str] | None = None):
 
 
 def dataset_splits(train, val=None, test=None, seed: int = 0):
-    """DataSplits from Datasets; with no ``val``, 20% of each class of ``train`` is held out by ``seed``."""
+    """DataSplits from Datasets; with no ``val``, 20% of each class of ``train`` is held out by ``seed``.
+    Hugging Face ``datasets`` objects are read through Arrow, their images decoded once (parquet.py)."""
+    if parquet.is_hf_dataset(train):
+        return with_val(*parquet.hf_sets(train, val, test), seed)
     spec = f"python:{type(train).__name__}"
     train_set, classes = image_set(train, "train")
     val_set = image_set(val, "val", classes)[0] if val is not None else None
@@ -156,6 +160,11 @@ def dataset_splits(train, val=None, test=None, seed: int = 0):
 
 def evaluation_splits(dataset, split: str):
     """DataSplits holding ``dataset`` as ``split`` (what ``evaluate(run_dir, data=dataset)`` scores)."""
+    if parquet.is_hf_dataset(dataset):
+        spec, classes, sets = parquet.hf_sets(dataset)
+        if type(dataset).__name__ == "Dataset":  # one Dataset: it is the split asked for
+            sets = {split: sets["train"]}
+        return DataSplits(spec, classes, **{n: sets.get(n) for n in SPLIT_NAMES})
     imageset, classes = image_set(dataset, split)
     return DataSplits(f"python:{type(dataset).__name__}", classes,
                       **{n: (imageset if n == split else None) for n in SPLIT_NAMES})

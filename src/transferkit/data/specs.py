@@ -1,8 +1,8 @@
 """``--data SPEC`` -> train/val/test image sets with one class list.
 
-SPEC is a built-in name (fashion-mnist, cifar10, digits), a CSV of ``path,label[,split]``, or a
+SPEC is a built-in name (fashion-mnist, cifar10, digits), a CSV of ``path,label[,split]``, a
 folder: ``root/<class>/<image>`` (split into train/val by ``--seed``, 20% val per class) or
-``root/{train,val,test}/<class>/<image>``. Hidden files and folders and empty folders never
+``root/{train,val,test}/<class>/<image>``, or parquet data from the Hugging Face Hub (parquet.py). Hidden files and folders and empty folders never
 become classes. Built-ins hold out a fixed 10% of their training split for validation, so the
 val and test sets do not move with ``--seed``.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from transferkit.core.errors import UserError
+from transferkit.data import parquet
 from transferkit.data.builtin_sets import BUILTINS, LOADERS
 from transferkit.data.images import is_image_file
 from transferkit.data.imagesets import FileImages, TensorImages
@@ -139,6 +140,14 @@ def _from_csv(spec: str, path: Path, seed: int) -> DataSplits:
     return DataSplits(spec, classes, train, val, test)
 
 
+def with_val(spec: str, classes: list[str], sets: dict, seed: int) -> DataSplits:
+    """DataSplits from ``{split: image set}``; without val, ``VAL_FRACTION`` of each class of train by ``seed``."""
+    if sets.get("val") is None and sets.get("train") is not None:
+        keep, held = stratified_split(sets["train"].labels.numpy(), VAL_FRACTION, seed)
+        sets = {**sets, "train": sets["train"].subset(keep), "val": sets["train"].subset(held)}
+    return DataSplits(spec, classes, sets.get("train"), sets.get("val"), sets.get("test"))
+
+
 def _from_builtin(name: str) -> DataSplits:
     (xtr, ytr), (xte, yte), classes = LOADERS[name]()
     train = TensorImages(xtr, ytr, classes, f"{name}/train")
@@ -149,6 +158,8 @@ def _from_builtin(name: str) -> DataSplits:
 def load_data(spec: str, seed: int = 0) -> DataSplits:
     if spec in BUILTINS:
         return _from_builtin(spec)
+    if parquet.claims(spec):
+        return with_val(spec, *parquet.read_spec(spec), seed)
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"data '{spec}' not found: give an existing folder, a .csv file, "

@@ -39,12 +39,14 @@ def load_backend(run_dir: str | Path, backend: str = "torch"):
     return module, pre, classes, read_run(run_dir)
 
 
-def load_predictor(run_dir: str | None, model: str | None):
-    """``(net, preprocess, classes)`` from a run dir, or a pretrained ImageNet model by name."""
+def load_predictor(run_dir: str | None, model: str | None, weights: str = "imagenet"):
+    """``(net, preprocess, classes)`` from a run dir, or a pretrained model by name (``weights``:
+    imagenet, a weight name such as IMAGENET1K_V1 or timm/resnet50.a1_in1k, or a file)."""
     if run_dir:
         tm, pre, classes, _ = load_run(run_dir)
         return tm.net, pre, classes
-    net, info = create_backbone(model, "imagenet")
+    net, info = create_backbone(model, weights)
     if not info.imagenet_classes:
-        raise UserError(f"{model} has no ImageNet class names to predict with")
+        raise UserError(f"{model} with --weights {weights} has no class names to predict with; give "
+                        "imagenet or a weight name of the model")
     return net.eval(), info.preprocess(), info.imagenet_classes

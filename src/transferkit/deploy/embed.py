@@ -34,31 +34,32 @@ class Flat(torch.nn.Module):
         return torch.flatten(self.inner(x), 1)
 
 
-def embedder(run_dir: str | None, model: str | None):
+def embedder(run_dir: str | None, model: str | None, weights: str = "imagenet"):
     """``(module returning (N, D) features, Preprocess, seed)``; the seed is the run's (its split of a folder)."""
     if run_dir:
         tm, pre, _, run = load_run(run_dir)
         net, classifier, seed = tm.net, tm.layout.classifier, run["config"].get("seed", 0)
     else:
-        net, info = create_backbone(model, "imagenet")
+        net, info = create_backbone(model, weights)
         pre, classifier, seed = info.preprocess(), describe(net).classifier, 0
     return Flat(HeadInput(net.eval(), classifier)), pre, seed
 
 
 def embed(source: str, data: str, out: str, from_run: bool, device: str = "auto", batch_size: int = 128,
-          progress=None, seed: int | None = None, skip_bad: bool = False) -> dict:
+          progress=None, seed: int | None = None, skip_bad: bool = False, weights: str = "imagenet") -> dict:
     """Embed every split of ``data`` into ``out``. Under torchrun each process embeds a share of
     every split and rank 0 writes the gathered file. ``seed`` splits a plain folder into train/val
-    (default: the run's own seed, so the split column matches the run's training split)."""
+    (default: the run's own seed, so the split column matches the run's training split). ``weights``:
+    the pretrained weights of a model given by name (as ``--weights``)."""
     with dist.scope():
-        return _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad)
+        return _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad, weights)
 
 
-def _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad) -> dict:
+def _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad, weights) -> dict:
     out_path = Path(out)
     if out_path.suffix not in (".npz", ".parquet"):
         raise UserError(f"--out {out}: use a .npz or .parquet file name")
-    module, pre, run_seed = embedder(source if from_run else None, None if from_run else source)
+    module, pre, run_seed = embedder(source if from_run else None, None if from_run else source, weights)
     seed = run_seed if seed is None else seed
     dev = dist.setup(device)
     channels_last = uses_convolutions(module)

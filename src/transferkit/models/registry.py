@@ -14,7 +14,7 @@ from transferkit.models.families.custom import register_backbone, registered_nam
 from transferkit.models.family import BackboneInfo, Family, torchvision_names
 from transferkit.models.layout import Layout
 from transferkit.models.plugins import load_entry_points
-from transferkit.models.weights import load_into, resolve_file
+from transferkit.models.weights import load_into, looks_like_file, resolve_file
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -44,44 +44,50 @@ def describe(model: nn.Module) -> Layout:
     return family_of(model).layout(model)
 
 
-def build_architecture(name: str, num_classes: int = 1000) -> tuple[nn.Module, dict]:
+def build_architecture(name: str, num_classes: int = 1000, variant: str = "") -> tuple[nn.Module, dict]:
     """The model for ``name`` with no pretrained weights, plus its preprocessing.
 
-    Library models come with their 1000 ImageNet classes (the head is replaced later); users'
+    Library models come with their pretrained classes (the head is replaced later); users'
     models are built for ``num_classes`` directly, since their code may size more than the last
-    layer from it.
+    layer from it. ``variant``: the pretrained weights it is shaped for (``BackboneInfo.variant``).
     """
-    return family_for(name).build(name, num_classes)
+    return family_for(name).build(name, num_classes, variant)
 
 
 def create_backbone(name: str, weights: str = "imagenet", num_classes: int = 1000) -> tuple[nn.Module, BackboneInfo]:
-    """Return ``(model, info)``: the ImageNet-shaped model with weights loaded as asked.
+    """Return ``(model, info)``: the pretrained-shaped model with weights loaded as asked.
 
+    ``weights``: ``imagenet`` (the family's ImageNet weights, those already on this machine first),
+    ``none``, a file, or a weight name the family knows (torchvision's ``DEFAULT`` /
+    ``IMAGENET1K_V1`` / ``ResNet18_Weights.IMAGENET1K_V1``, timm's ``timm/resnet50.a1_in1k``).
     ``num_classes`` only sizes users' models (see build_architecture); a weights file with another
     number of classes still loads, its classifier left as initialised.
     """
     family = family_for(name)
-    model, pre = family.build(name, num_classes)
-    info = BackboneInfo(name=name, source=family.source, weights=weights, **pre)
+    by_name = weights != "none" and not looks_like_file(weights)
+    variant = family.weights_variant(name, weights) if by_name else ""
+    model, pre = family.build(name, num_classes, variant)
+    info = BackboneInfo(name=name, source=family.source, weights=weights, variant=variant, **pre)
     if weights == "none":
         return model, info
-    if weights == "imagenet":
-        state, info.weights_source, info.weights_sha256 = family.imagenet_weights(name, model)
+    if by_name:
+        state, info.weights_source, info.weights_sha256 = family.pretrained_weights(name, model, variant)
     else:
         state, info.weights_source, info.weights_sha256 = resolve_file(weights)
     load_into(model, state, name)
-    if weights == "imagenet":
-        info.imagenet_classes = imagenet_class_names()
+    if by_name:
+        names = family.class_names(name, model, variant)
+        info.imagenet_classes = imagenet_class_names() if names is None else (names or None)
     return model, info
 
 
-def list_models() -> list[tuple[str, str, str]]:
-    """``(name, weights status, source)`` for every name a family lists, in family order."""
+def list_models() -> list[tuple[str, str, str, list[str]]]:
+    """``(name, weights status, source, weight names on this machine)`` for every name a family lists."""
     load_entry_points()
     rows = []
     for family in FAMILIES:
         for name in family.names():
-            rows.append((name, family.weights_status(name), family.source))
+            rows.append((name, family.weights_status(name), family.source, family.weights_here(name)))
     return rows
 
 

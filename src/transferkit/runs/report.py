@@ -89,6 +89,12 @@ def load_thumbnails(data: str, seed: int, split: str, rows: list[int]) -> tuple[
     except (UserError, OSError) as exc:
         return {}, f"the data set '{data}' could not be read here ({exc})"
     out = {}
+    if hasattr(imageset, "encoded"):  # parquet rows: decoded together, in one pass over the files
+        kept = [r for r in rows if r < len(imageset)]
+        wanted = imageset.subset(kept)
+        decoded, _ = wanted.decode(THUMB, "bilinear", skip_bad=True)
+        pixels = dict(zip(decoded.paths, decoded.images.numpy()))
+        return {row: _thumbnail(pixels[n]) for row, n in zip(kept, wanted.paths) if n in pixels}, None
     for row in rows:
         if row >= len(imageset):
             continue

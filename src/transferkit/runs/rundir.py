@@ -13,10 +13,10 @@ from transferkit import __version__
 from transferkit.core.errors import UserError
 from transferkit.core.safeio import load_weights_file
 from transferkit.data.transforms import Preprocess
-from transferkit.models.family import BackboneInfo
 from transferkit.models.families.custom import registered
+from transferkit.models.family import BackboneInfo
 from transferkit.models.plugins import unknown_in_run
-from transferkit.models.transfer import TransferModel, rebuild_model
+from transferkit.models.transfer import rebuild_model
 from transferkit.models.usercode import activate_run_code
 
 

@@ -1,6 +1,7 @@
 """The end of ``transferkit train``: the best epoch's weights become the run's model, are scored
-on the test split (val when there is none), and the run directory gets ``model.safetensors``,
-``run.json``, the confusion matrix, the per-image outputs and ``report.html``.
+on the test split (val when there is none), and the run directory gets ``model.safetensors``
+(with metadata), ``run.json``, the confusion matrix, the per-image outputs, ``report.html``, and
+what makes it a Hugging Face model folder: ``config.json`` where timm loads it, ``README.md``.
 
 Under torchrun every process scores its share of the split; rank 0 alone reads the best
 checkpoint (the others may be on machines that cannot see the run directory, so they receive
@@ -18,6 +19,7 @@ from transferkit.engine.batches import Batches
 from transferkit.engine.checkpoint import best_path
 from transferkit.engine.loop import predict_logits
 from transferkit.runs.evaluate import save_outputs
+from transferkit.runs.hubfolder import weights_metadata, write_model_folder
 from transferkit.runs.metrics import score
 from transferkit.runs.report import write_report
 from transferkit.runs.rundir import versions
@@ -29,7 +31,6 @@ def finish_run(run) -> dict:
     if dist.is_main():
         best_state = load_file(str(best_path(run.run_dir)))
         s.tm.net.load_state_dict(best_state)
-        save_safetensors_atomic(best_state, run.run_dir / "model.safetensors")
     dist.broadcast_module(s.tm.net)
     test_name = "test" if "test" in path.sources else "val"
     batches = Batches(path.sources[test_name], run.eval_batch, rank=dist.rank(), world=dist.world())
@@ -56,8 +57,11 @@ def finish_run(run) -> dict:
     }
     if dist.world() > 1:
         record["distributed"] = {"processes": dist.world(), "backend": dist.backend()}
+    # Written once the record is complete: its metadata carries what run.json says.
+    save_safetensors_atomic(best_state, run.run_dir / "model.safetensors", metadata=weights_metadata(record))
     write_json_atomic(run.run_dir / "run.json", record)
     write_json_atomic(run.run_dir / "confusion_matrix.json", {"split": test_name, "classes": s.splits.classes,
                                                                "matrix": final["confusion_matrix"]})
     write_report(run.run_dir)
+    write_model_folder(run.run_dir, record)
     return result

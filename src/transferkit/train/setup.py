@@ -33,6 +33,7 @@ def seed_everything(seed: int) -> None:
 
 def limit_training_images(splits: DataSplits, cfg: TrainConfig) -> DataSplits:
     """``--train-limit``: a stratified sample of the training split, the same for a given seed."""
+    splits.split("train")  # data with no training split (a test-only parquet set): one clear error
     if cfg.train_limit and cfg.train_limit < len(splits.train):
         keep, _ = stratified_split(splits.train.labels.numpy(), 1 - cfg.train_limit / len(splits.train), cfg.seed)
         splits.train = splits.train.subset(keep)

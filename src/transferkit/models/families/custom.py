@@ -92,7 +92,7 @@ class UserFile(Named):
     def builds(self, name: str) -> bool:
         return is_user_spec(name)
 
-    def build(self, name: str, num_classes: int):
+    def build(self, name: str, num_classes: int, variant: str = ""):
         return build_user_model(name, num_classes), dict(IMAGENET)
 
 
@@ -108,7 +108,7 @@ class Registered(Named):
     def weights_status(self, name: str) -> str:
         return "yours"
 
-    def build(self, name: str, num_classes: int):
+    def build(self, name: str, num_classes: int, variant: str = ""):
         factory, preprocess = _REGISTERED[name]
         try:
             model = factory(num_classes=num_classes)
@@ -127,10 +127,10 @@ class Hub(Named):
     def builds(self, name: str) -> bool:
         return name.startswith("hub:")
 
-    def build(self, name: str, num_classes: int):
+    def build(self, name: str, num_classes: int, variant: str = ""):
         return self._load(name, pretrained=False), dict(IMAGENET)
 
-    def imagenet_weights(self, name: str, model: nn.Module):
+    def pretrained_weights(self, name: str, model: nn.Module, variant: str):
         state = self._load(name, pretrained=True).state_dict()
         return state, f"torch.hub {name}", tensors_sha256(state)
 

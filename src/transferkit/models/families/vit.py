@@ -10,9 +10,9 @@ class VisionTransformer(TorchvisionFamily):
     prefixes = ("vit_",)
     classes = ("VisionTransformer",)
 
-    def build_kwargs(self, name: str) -> dict:
+    def build_kwargs(self, name: str, variant: str = "") -> dict:
         # A ViT's position embedding is sized for its weights' resolution (vit_h_14's default is 518 px).
-        return {"image_size": int(self.weights_enum(name).meta["min_size"][0])}
+        return {"image_size": int(self.weights_enum(name, variant).meta["min_size"][0])}
 
     def layout(self, model) -> Layout:
         return Layout(stages=[["conv_proj"], *each_child(model, "encoder.layers"), ["encoder.ln"]],
