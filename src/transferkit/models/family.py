@@ -52,6 +52,9 @@ class BackboneInfo:
     weights_source: str = "random init"
     weights_sha256: str | None = None
     imagenet_classes: list | None = field(default=None, repr=False)
+    # Constructor-level settings that go with the weights (Inception's transform_input), applied
+    # again whenever the run is rebuilt; runs written before this field rebuild with none.
+    arch: dict = field(default_factory=dict)
 
     def preprocess(self, size: int = 0) -> Preprocess:
         """The preprocessing these weights expect, at ``size`` pixels (0: the backbone's own size)."""
@@ -91,6 +94,14 @@ class Family:
     def build(self, name: str, num_classes: int) -> tuple[nn.Module, dict]:
         """The architecture with no pretrained weights, and its preprocessing (input_size, mean, std, interpolation)."""
         raise NotImplementedError
+
+    def weight_settings(self, name: str, weights: str) -> dict:
+        """Architecture settings these weights need (``imagenet``, ``none`` or a path), recorded as
+        ``BackboneInfo.arch`` so that a rebuilt run computes what the trained one did."""
+        return {}
+
+    def configure(self, model: nn.Module, settings: dict) -> None:
+        """Apply ``weight_settings``' answer to a freshly built model (also when a run is rebuilt)."""
 
     def imagenet_weights(self, name: str, model: nn.Module) -> tuple[dict, str, str]:
         """``(state_dict, where it came from, sha256)`` of ``name``'s ImageNet weights."""
@@ -209,7 +220,11 @@ class TimmFamily(Family):
             pretrained = timm.create_model(arch, pretrained=True)
         except Exception as exc:
             raise download_failed(f"timm weights for {arch}", exc) from None
-        state = pretrained.state_dict()
+        if found := self.cached_weights(name):
+            # The download landed in the Hugging Face cache: read it as every later run will, so the
+            # recorded sha256 (the file's) is the same on the first run and after.
+            return found[0], f"download timm/{arch}", found[2]
+        state = pretrained.state_dict()  # weights from a plain URL: no file of ours to hash
         return state, f"download timm/{arch}", tensors_sha256(state)
 
     def weights_status(self, name: str) -> str:

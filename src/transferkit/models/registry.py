@@ -44,14 +44,18 @@ def describe(model: nn.Module) -> Layout:
     return family_of(model).layout(model)
 
 
-def build_architecture(name: str, num_classes: int = 1000) -> tuple[nn.Module, dict]:
-    """The model for ``name`` with no pretrained weights, plus its preprocessing.
+def build_architecture(name: str, num_classes: int = 1000, arch: dict | None = None) -> tuple[nn.Module, dict]:
+    """The model for ``name`` with no pretrained weights, plus its preprocessing; ``arch``: the
+    settings its weights need (``BackboneInfo.arch`` of a trained run).
 
     Library models come with their 1000 ImageNet classes (the head is replaced later); users'
     models are built for ``num_classes`` directly, since their code may size more than the last
     layer from it.
     """
-    return family_for(name).build(name, num_classes)
+    family = family_for(name)
+    model, pre = family.build(name, num_classes)
+    family.configure(model, arch or {})
+    return model, pre
 
 
 def create_backbone(name: str, weights: str = "imagenet", num_classes: int = 1000) -> tuple[nn.Module, BackboneInfo]:
@@ -62,14 +66,15 @@ def create_backbone(name: str, weights: str = "imagenet", num_classes: int = 100
     """
     family = family_for(name)
     model, pre = family.build(name, num_classes)
-    info = BackboneInfo(name=name, source=family.source, weights=weights, **pre)
+    info = BackboneInfo(name=name, source=family.source, weights=weights, arch=family.weight_settings(name, weights), **pre)
+    family.configure(model, info.arch)
     if weights == "none":
         return model, info
     if weights == "imagenet":
         state, info.weights_source, info.weights_sha256 = family.imagenet_weights(name, model)
     else:
         state, info.weights_source, info.weights_sha256 = resolve_file(weights)
-    load_into(model, state, name)
+    load_into(model, state, name, heads=lambda: describe(model).heads)
     if weights == "imagenet":
         info.imagenet_classes = imagenet_class_names()
     return model, info
