@@ -63,3 +63,12 @@ def test_split_folders_without_train_are_not_read_as_classes(tmp_path, capsys, s
     assert main(["data", "check", str(root)]) == 2
     err = capsys.readouterr().err
     assert f"{stray}/ but no train/ folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_csv_says_valid_or_validation_too(tmp_path):
+    root = make_image_folder(tmp_path / "data")
+    rows = ["path,label,split"] + [f"{p.relative_to(root)},{p.parent.name},{split}"
+                                   for p, split in zip(sorted(root.rglob("*.png")), ["train", "valid", "validation"] * 4)]
+    (root / "list.csv").write_text("\n".join(rows) + "\n")
+    splits = load_data(str(root / "list.csv"))
+    assert (len(splits.train), len(splits.val), splits.test) == (4, 8, None)

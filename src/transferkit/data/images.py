@@ -83,8 +83,8 @@ def _allow_in_pillow(max_pixels: int) -> None:
 
     Pillow refuses images over twice its own ``Image.MAX_IMAGE_PIXELS`` while opening them, before
     our header check runs, so a ``--max-pixels`` above that would have no effect. Its limit is
-    raised (never lowered: other threads may be decoding under a larger one) to ours, and stays a
-    second guard for sizes found only while decoding (GIF frames, TIFF tiles): twice ours.
+    raised to ours (never lowered: other threads may be decoding under a larger one); Pillow's
+    check stays a second guard for sizes found only while decoding (GIF frames, TIFF tiles).
     """
     from PIL import Image
 

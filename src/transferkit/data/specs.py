@@ -158,8 +158,9 @@ def _from_csv(spec: str, path: Path, seed: int) -> DataSplits:
     grouped: dict[str, tuple[list, list]] = {}
     for row in rows:
         split = row[2].strip() if len(row) > 2 and row[2].strip() else "train"
+        split = "val" if split in VAL_FOLDERS else split  # valid, validation: as for folders
         if split not in SPLIT_NAMES:
-            raise UserError(f"{path}: split '{split}' must be one of {', '.join(SPLIT_NAMES)}")
+            raise UserError(f"{path}: split '{split}' must be one of train, val (or valid, validation), test")
         file = row[0].strip()
         full = file if os.path.isabs(file) else str(base / file)
         grouped.setdefault(split, ([], []))
