@@ -33,7 +33,7 @@ demo: setup
 	$(VENV)/bin/transferkit demo
 
 test: setup browser
-	$(PY) -m pytest -q
+	TRANSFERKIT_REQUIRE_EXTRAS=1 $(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) runs

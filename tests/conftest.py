@@ -100,3 +100,70 @@ def user_copy(tmp_path: Path, name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(EXAMPLES / name, target)
     return target
+
+
+def need_extra(module: str, extra: str):
+    """``pytest.importorskip`` for an optional extra, except where the extras are promised.
+
+    With ``TRANSFERKIT_REQUIRE_EXTRAS=1`` (``make test`` sets it, and so should CI) a missing
+    package is an import error that fails the run instead of a skip that hides a whole suite.
+    """
+    import importlib
+
+    if os.environ.get("TRANSFERKIT_REQUIRE_EXTRAS") == "1":
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"the '{extra}' extra is not installed (pip install -e '.[{extra}]')")
+
+
+# A --plugin that holds training still right after a checkpoint, so that a test can kill or
+# signal the process at a known step (no race against a running loop). The first process to
+# reach the N-th checkpoint writes the marker file and waits there until SIGINT/SIGTERM arrives
+# (or SIGKILL ends it); a process started later (a torchrun restart) finds the marker and runs on.
+PAUSE_PLUGIN = '''
+import os
+import time
+from pathlib import Path
+
+from transferkit.core import distributed as dist
+from transferkit.train import trainer
+
+_at, _marker = int(os.environ["TK_TEST_PAUSE_AT_SAVE"]), Path(os.environ["TK_TEST_PAUSE_MARKER"])
+_save_last, _saves = trainer.Training.save_last, [0]
+
+
+def save_last(self):
+    _save_last(self)
+    _saves[0] += 1
+    if _saves[0] == _at and dist.is_main() and not _marker.exists():
+        tmp = _marker.with_suffix(".tmp")
+        tmp.write_text(f"{self.state.global_step}")
+        os.replace(tmp, _marker)
+        while not self.signalled:
+            time.sleep(0.01)
+
+
+trainer.Training.save_last = save_last
+'''
+
+
+def pause_plugin(tmp_path: Path, at_save: int = 1) -> tuple[list[str], dict, Path]:
+    """``(["--plugin", FILE], env, marker)``: training pauses after its ``at_save``-th checkpoint."""
+    plugin, marker = tmp_path / "pause_after_checkpoint.py", tmp_path / "paused.marker"
+    plugin.write_text(PAUSE_PLUGIN)
+    env = {"TK_TEST_PAUSE_AT_SAVE": str(at_save), "TK_TEST_PAUSE_MARKER": str(marker)}
+    return ["--plugin", str(plugin)], env, marker
+
+
+def wait_until_paused(marker: Path, proc, timeout: float = 300) -> int:
+    """Block until the paused process wrote ``marker``; return the step it paused at.
+
+    Polling here decides nothing: the process waits at that step until the test acts.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert proc.poll() is None, f"the process ended before pausing:\n{proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, f"{marker} never appeared"
+        time.sleep(0.05)
+    return int(marker.read_text())

@@ -98,3 +98,18 @@ def test_files_and_folders_stay_small():
     crowded = {str(d.relative_to(PACKAGE)): n for d in [PACKAGE, *PACKAGE.rglob("*/")] if d.is_dir()
                if (n := len(list(d.glob("*.py")))) > 15}
     assert not crowded, f"folders with more than 15 modules: {crowded}"
+
+
+def test_missing_extras_fail_where_they_are_promised(monkeypatch):
+    """`make test` installs every extra: there a missing one must fail the run, never skip a suite."""
+    import pytest
+    from conftest import need_extra
+
+    monkeypatch.delenv("TRANSFERKIT_REQUIRE_EXTRAS", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        need_extra("transferkit_no_such_module", "serve")
+    monkeypatch.setenv("TRANSFERKIT_REQUIRE_EXTRAS", "1")
+    with pytest.raises(ImportError):
+        need_extra("transferkit_no_such_module", "serve")
+    makefile = (ROOT / "Makefile").read_text()
+    assert "TRANSFERKIT_REQUIRE_EXTRAS=1 $(PY) -m pytest" in makefile

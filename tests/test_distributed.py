@@ -15,12 +15,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image_folder
+from conftest import make_image_folder, pause_plugin, wait_until_paused
 
 from transferkit.cli import main
 from transferkit.core.safeio import load_torch_file
@@ -66,10 +65,11 @@ def audit_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def torchrun(tmp: Path, audit: Path, name: str, *args, watch: str = "run", restarts: int = 0) -> subprocess.Popen:
+def torchrun(tmp: Path, audit: Path, name: str, *args, watch: str = "run", restarts: int = 0,
+             env: dict | None = None) -> subprocess.Popen:
     """Two processes on the CPU, in ``tmp``; rank logs under tmp/logs/<name>; rank 1 audited in tmp/<watch>."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, str(audit)]), TK_AUDIT_DIR=str(tmp / watch),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", **(env or {}))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                f"--max-restarts={restarts}", "--monitor-interval=0.2", "--log-dir", str(tmp / "logs" / name),
                "--redirects", "3", *args]
@@ -175,15 +175,14 @@ def find_worker(torchrun_pid: int, rank: int) -> int | None:
     return None
 
 
-def kill_rank_1_after_a_checkpoint(proc: subprocess.Popen, run: Path) -> None:
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "last.pt").exists():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.005)
+def kill_rank_1_after_the_first_checkpoint(proc: subprocess.Popen, marker: Path) -> int:
+    """SIGKILL to rank 1 while rank 0 is held right after the first checkpoint (step 2, mid-epoch 1):
+    the kill lands at that step on any machine. Returns the step."""
+    step = wait_until_paused(marker, proc)
     worker = find_worker(proc.pid, 1)
     assert worker is not None, "rank 1's process not found"
     os.kill(worker, signal.SIGKILL)
+    return step
 
 
 @pytest.fixture(scope="module")
@@ -197,13 +196,15 @@ def uninterrupted(data, audit_dir, tmp_path_factory) -> Path:
 def test_resume_after_a_worker_is_killed(data, audit_dir, uninterrupted, tmp_path):
     """SIGKILL to rank 1 mid-run: torchrun tears the job down; ``--resume`` under torchrun finishes
     it with the weights of the uninterrupted two-process run (same processes, same order: 1e-6)."""
-    proc = torchrun(tmp_path, audit_dir, "killed", "-m", "transferkit", "train", "--data", str(data), "--out", "run", *FULL)
-    kill_rank_1_after_a_checkpoint(proc, tmp_path / "run")
-    proc.communicate(timeout=120)
+    plugin, env, marker = pause_plugin(tmp_path)
+    proc = torchrun(tmp_path, audit_dir, "killed", "-m", "transferkit", *plugin, "train", "--data", str(data),
+                    "--out", "run", *FULL, env=env)
+    assert kill_rank_1_after_the_first_checkpoint(proc, marker) == 2
+    proc.communicate(timeout=300)
     assert proc.returncode != 0
-    assert not (tmp_path / "run" / "run.json").exists(), "the run finished before it was killed"
-    step = load_torch_file(tmp_path / "run" / "checkpoints" / "last.pt")["state"]["global_step"]
-    assert step >= 2
+    assert not (tmp_path / "run" / "run.json").exists()
+    state = load_torch_file(tmp_path / "run" / "checkpoints" / "last.pt")["state"]
+    assert (state["global_step"], state["epoch"], state["batch"]) == (2, 0, 2)
     resumed = torchrun(tmp_path, audit_dir, "resumed", "-m", "transferkit", "train", "--out", "run", "--resume", "--quiet")
     finish(resumed, tmp_path, "resumed")
     assert "resuming run" in logs(tmp_path, "resumed", 0)
@@ -216,27 +217,30 @@ def test_resume_after_a_worker_is_killed(data, audit_dir, uninterrupted, tmp_pat
 def test_torchrun_restart_continues_from_the_checkpoint(data, audit_dir, uninterrupted, tmp_path):
     """With ``--max-restarts 1`` torchrun starts both workers again after rank 1 dies; they run the
     same command (no --resume) and continue from the checkpoint instead of starting over."""
-    proc = torchrun(tmp_path, audit_dir, "restarted", "-m", "transferkit", "train", "--data", str(data), "--out", "run",
-                    *FULL, restarts=1)
-    kill_rank_1_after_a_checkpoint(proc, tmp_path / "run")
+    plugin, env, marker = pause_plugin(tmp_path)
+    proc = torchrun(tmp_path, audit_dir, "restarted", "-m", "transferkit", *plugin, "train", "--data", str(data),
+                    "--out", "run", *FULL, restarts=1, env=env)
+    assert kill_rank_1_after_the_first_checkpoint(proc, marker) == 2
     finish(proc, tmp_path, "restarted")
     assert "torchrun restart 1: continuing run" in logs(tmp_path, "restarted", 0)
     assert largest_difference(weights(tmp_path / "run"), weights(uninterrupted)) <= 1e-6
 
 
 def test_sigterm_stops_every_worker_with_a_checkpoint(data, audit_dir, tmp_path):
-    """SIGTERM to torchrun reaches every worker; they agree on the step to stop at, rank 0
-    checkpoints and says how to resume, and no worker hangs in a collective."""
-    args = [a if a != "4" else "500" for a in FULL]  # long enough to be interrupted
-    proc = torchrun(tmp_path, audit_dir, "stopped", "-m", "transferkit", "train", "--data", str(data), "--out", "run", *args)
-    deadline = time.time() + 120
-    while not (tmp_path / "run" / "checkpoints" / "last.pt").exists():
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.01)
+    """SIGTERM to torchrun while rank 0 is held after the checkpoint of step 2 (rank 1 already waits
+    in step 3's collectives) reaches every worker; they agree to stop after step 3, mid-epoch, rank 0
+    checkpoints it and says how to resume, and no worker hangs in a collective (torchrun would
+    otherwise kill it after 30 s and say so)."""
+    args = list(FULL)
+    args[args.index("--epochs") + 1] = "500"  # no end in sight: only the signal stops it
+    plugin, env, marker = pause_plugin(tmp_path)
+    proc = torchrun(tmp_path, audit_dir, "stopped", "-m", "transferkit", *plugin, "train", "--data", str(data),
+                    "--out", "run", *args, env=env)
+    assert wait_until_paused(marker, proc) == 2
     proc.send_signal(signal.SIGTERM)
-    started = time.time()
-    proc.communicate(timeout=60)
-    assert time.time() - started < 25  # torchrun would SIGKILL a stuck worker only after 30 s
+    _, err = proc.communicate(timeout=300)
+    assert "forcefully" not in err, err[-3000:]
     assert "--out run --resume" in logs(tmp_path, "stopped", 0)
     assert logs(tmp_path, "stopped", 1) == ""
-    assert load_torch_file(tmp_path / "run" / "checkpoints" / "last.pt")["state"]["global_step"] >= 2
+    state = load_torch_file(tmp_path / "run" / "checkpoints" / "last.pt")["state"]
+    assert (state["global_step"], state["epoch"], state["batch"]) == (3, 0, 3)  # 5 steps per epoch

@@ -67,3 +67,27 @@ def test_user_mistake_exits_2_with_one_line(case, files, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     errors = [line for line in err if "error" in line]
     assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
+
+
+def closed_pipe_run(*args: str) -> tuple[int, str]:
+    """Run ``transferkit ARGS`` with stdout a pipe whose reader has already gone (as ``| head`` after
+    its lines): the read end is closed before the command starts, so every write meets EPIPE."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "transferkit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    return proc.wait(timeout=300), err
+
+
+def test_a_reader_that_leaves_early_ends_commands_quietly(tiny_run, image_folder):
+    """`transferkit models --offline | head -1` and the like: exit 141 (SIGPIPE's status), no traceback."""
+    for args in (["models", "--offline"], ["data", "check", str(image_folder)],
+                 ["predict", str(tiny_run), str(image_folder), "--quiet"], ["eval", str(tiny_run), "--quiet"]):
+        code, err = closed_pipe_run(*args)
+        assert code == 141 and "Traceback" not in err and "Error" not in err, (args, err)  # progress lines only

@@ -7,12 +7,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import make_image_folder, need_extra
 
 from transferkit.cli import main
 
-pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+need_extra("onnx", "export")
+ort = need_extra("onnxruntime", "export")
 
 TRAIN = ["--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--quiet"]
 RUNS = {  # three backbone families and a custom head

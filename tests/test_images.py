@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_TRAIN, make_image_folder
 from PIL import Image
 
 from transferkit.cli import main
@@ -122,3 +124,76 @@ def test_training_stops_on_broken_files_then_skip_bad_drops_them(odd_folder, tmp
     assert "dropped" in capsys.readouterr().err
     run = json.loads((tmp_path / "r2" / "run.json").read_text())
     assert run["data"]["train"] + run["data"]["val"] == 7  # 6 good + 1 whole jpg; 4 broken dropped
+
+
+def test_max_pixels_above_pillows_own_limit_takes_effect(tmp_path, monkeypatch):
+    """Pillow refuses files over twice its MAX_IMAGE_PIXELS while opening them, before our check:
+    a --max-pixels above that must still let them through."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow alone would refuse anything over 2000 pixels
+    path = tmp_path / "big.png"
+    Image.new("RGB", (60, 60), (1, 2, 3)).save(path)  # 3600 pixels
+    assert open_rgb(str(path), max_pixels=5000).size == (60, 60)
+    with pytest.raises(BadImage, match="too many pixels"):
+        open_rgb(str(path), max_pixels=3000)
+
+
+def thin_png(path, long_side: int = 20_000):
+    """A strip 1 px high: under any pixel limit, but its short side scaled to the input size
+    multiplies the long one (1 x 5,000,000 at 224 px would be a gigapixel)."""
+    Image.new("L", (long_side, 1), 90).save(path)
+    return path
+
+
+def test_thin_images_are_refused_everywhere_with_their_reason(tmp_path, capsys):
+    """train, eval, predict and embed name a 1 x 20,000 px strip as unusable (extreme aspect ratio),
+    and --skip-bad drops it in train, eval and embed; serve answers 422 (test_serve.py)."""
+    from transferkit.data.images import load_uint8
+
+    for split, per_class in (("train", 5), ("test", 3)):
+        make_image_folder(tmp_path / "data" / split, per_class=per_class, seed=len(split))
+    thin_png(tmp_path / "data" / "train" / "cat" / "thin.png")
+    thin_png(tmp_path / "data" / "test" / "dog" / "strip.png")
+    with pytest.raises(BadImage, match="aspect ratio"):
+        load_uint8(str(tmp_path / "data" / "train" / "cat" / "thin.png"), 16)
+    data, run = str(tmp_path / "data"), str(tmp_path / "run")
+    args = ["--model", "resnet18", "--weights", "none", "--image-size", "16", "--epochs", "1", "--batch-size", "4", "--quiet"]
+
+    def one_error() -> str:
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(errors) == 1
+        return errors[0]
+
+    assert main(["train", "--data", data, "--out", run, *args]) == 2
+    assert "thin.png (extreme aspect ratio (20000x1" in one_error()
+    assert main(["train", "--data", data, "--out", run, *args, "--skip-bad"]) == 0
+    capsys.readouterr()
+    assert main(["eval", run, "--format", "json"]) == 2
+    assert "strip.png (extreme aspect ratio" in one_error()
+    assert main(["eval", run, "--format", "json", "--skip-bad", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 6  # 6 test images once the strip is dropped
+    assert main(["predict", run, str(tmp_path / "data" / "test" / "dog"), "--format", "json", "--quiet"]) == 1
+    results = {Path(r["path"]).name: r for r in json.loads(capsys.readouterr().out)}
+    assert "aspect ratio" in results["strip.png"]["error"] and len(results) == 4
+    assert all("predictions" in r for name, r in results.items() if name != "strip.png")
+    out = str(tmp_path / "e.npz")
+    assert main(["embed", run, data, "--out", out, "--quiet"]) == 2
+    assert "aspect ratio" in one_error()
+    assert main(["embed", run, data, "--out", out, "--quiet", "--skip-bad"]) == 0
+    embedded = np.load(out)
+    assert len(embedded["label"]) == 10 + 6 and not {"thin.png", "strip.png"} & {Path(p).name for p in embedded["path"]}
+
+
+def test_embed_splits_a_folder_by_the_runs_seed(image_folder, tmp_path, capsys):
+    """The split column of `embed` on a plain folder is the run's own train/val split (its --seed),
+    unless --seed says otherwise."""
+    from transferkit.data.specs import load_data
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(image_folder), "--out", str(run), *TINY_TRAIN, "--seed", "5"]) == 0
+    val = {seed: sorted(load_data(str(image_folder), seed).val.paths) for seed in (0, 5)}
+    assert val[0] != val[5]
+    for flags, seed in (([], 5), (["--seed", "0"], 0)):
+        out = tmp_path / f"e{seed}.npz"
+        assert main(["embed", str(run), str(image_folder), "--out", str(out), "--quiet", *flags]) == 0
+        embedded = np.load(out)
+        assert sorted(p for p, s in zip(embedded["path"], embedded["split"]) if s == "val") == val[seed]

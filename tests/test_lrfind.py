@@ -96,6 +96,22 @@ def test_lr_find_command_prints_a_suggestion_and_writes_the_plot(image_folder, t
         assert image.format == "PNG" and image.width > 300
 
 
+def test_lr_find_sweeps_only_the_train_limit_images(image_folder, tmp_path, monkeypatch):
+    from transferkit.train import lrfind
+
+    seen, real = [], lrfind.training_path
+
+    def spy(cfg, tm, sets, *args, **kwargs):
+        seen.append(len(sets["train"]))
+        return real(cfg, tm, sets, *args, **kwargs)
+
+    monkeypatch.setattr(lrfind, "training_path", spy)
+    args = [a for a in TINY_TRAIN if a not in ("--epochs", "1")]
+    assert main(["lr-find", "--data", str(image_folder), *args, "--train-limit", "4", "--steps", "3",
+                 "--out", str(tmp_path / "lr.png")]) == 0
+    assert seen == [4]  # of the 10 training images
+
+
 def test_lr_find_rejects_bad_flags(image_folder, tmp_path, capsys):
     assert main(["lr-find", "--data", str(image_folder), "--steps", "2"]) == 2
     assert main(["lr-find", "--data", str(image_folder), "--start-lr", "1", "--end-lr", "0.1"]) == 2

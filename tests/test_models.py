@@ -144,3 +144,94 @@ def test_weights_file_from_another_head_size_loads_the_backbone(tmp_path):
     loaded, info = create_backbone("resnet18", str(tmp_path / "w.safetensors"))
     assert torch.equal(loaded.conv1.weight, state["conv1.weight"]) and info.weights_sha256
     assert isinstance(loaded.fc, nn.Linear)
+
+
+@pytest.mark.parametrize("name", ["inception_v3", "googlenet"])
+def test_google_weights_get_their_input_conversion_also_when_the_run_is_rebuilt(name, monkeypatch):
+    """torchvision turns transform_input on whenever it loads these weights (trained on inputs in
+    [-1, 1]); so do we, record it, and rebuild runs with it, and only with it."""
+    from transferkit.models.families.inception import GoogleInputFamily
+    from transferkit.models.family import BackboneInfo
+    from transferkit.models.transfer import rebuild_model
+
+    # No download: the model's own random weights stand in for ImageNet's.
+    monkeypatch.setattr(GoogleInputFamily, "imagenet_weights", lambda self, n, model: (model.state_dict(), "test", "0" * 64))
+    rebuilt = lambda info: rebuild_model(BackboneInfo.from_json(info), 3, "linear").net.transform_input  # noqa: E731
+    net, info = create_backbone(name, "imagenet")
+    assert net.transform_input is True and info.arch == {"transform_input": True}
+    assert rebuilt(info.to_json()) is True
+    plain, none = create_backbone(name, "none")
+    assert plain.transform_input is False and rebuilt(none.to_json()) is False
+    # A run written before BackboneInfo.arch existed was trained without it, and is rebuilt so.
+    assert rebuilt({k: v for k, v in info.to_json().items() if k != "arch"}) is False
+
+
+def test_weights_file_with_one_layer_of_another_shape_is_a_user_error(tmp_path, image_folder, capsys):
+    """Only a classifier may differ (it is replaced anyway); any other layer is named, not skipped."""
+    from safetensors.torch import save_file
+
+    from transferkit.cli import main
+
+    net, _ = build_architecture("resnet18")
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
+    save_file(state, str(tmp_path / "w.safetensors"))
+    assert main(["train", "--data", str(image_folder), "--model", "resnet18", "--weights", str(tmp_path / "w.safetensors"),
+                 "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "shape mismatch in layer1.0.conv1.weight (file 64x64x1x1, model 64x64x3x3)" in err[0]
+
+
+def test_run_weights_that_do_not_fit_are_a_user_error(tiny_run, image_folder, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from transferkit.cli import main
+
+    state = load_file(tiny_run / "model.safetensors")
+    state["fc.weight"], state["fc.bias"] = torch.zeros(3, 512), torch.zeros(3)
+    save_file(state, str(tiny_run / "model.safetensors"))
+    capsys.readouterr()
+    assert main(["predict", str(tiny_run), str(image_folder / "cat"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "shape mismatch in fc.weight (file 3x512, model 2x512)" in err[0]
+
+
+def test_torchvision_download_is_unpickled_weights_only(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_download(url, **kwargs):
+        seen.update(kwargs)
+        raise OSError("no network here")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    with pytest.raises(UserError, match="cannot download"):
+        create_backbone("resnet18", "imagenet")
+    assert seen["weights_only"] is True and seen["check_hash"] is True
+
+
+def test_timm_weights_hash_the_same_on_the_first_run_and_after(monkeypatch, tmp_path):
+    """The first run downloads (timm puts the file in the Hugging Face cache), later runs read that
+    file: run.json's sha256 must be the file's both times."""
+    import timm
+    from safetensors.torch import save_file
+
+    from transferkit.core.safeio import sha256_file
+    from transferkit.models import family
+
+    cached, real_create = tmp_path / "model.safetensors", timm.create_model
+
+    def create(arch, pretrained=False, **kwargs):
+        model = real_create(arch, pretrained=False, **kwargs)
+        if pretrained:  # what timm's download leaves behind
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(cached))
+        return model
+
+    monkeypatch.setattr(timm, "create_model", create)
+    monkeypatch.setattr(family, "timm_cached_file", lambda arch: cached if cached.exists() else None)
+    monkeypatch.setattr(family, "require_host", lambda *args, **kwargs: None)
+    first_net, first = create_backbone("timm/resnet10t", "imagenet")
+    later_net, later = create_backbone("timm/resnet10t", "imagenet")
+    assert first.weights_source.startswith("download") and later.weights_source.startswith("cache")
+    assert first.weights_sha256 == later.weights_sha256 == sha256_file(cached)
+    assert all(torch.equal(a, b) for a, b in zip(first_net.state_dict().values(), later_net.state_dict().values()))

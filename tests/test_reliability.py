@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import make_image_folder, pause_plugin, wait_until_paused
 
 from transferkit.cli import main
 from transferkit.core.errors import UserError
@@ -24,18 +23,10 @@ RESUME_ARGS = ["--model", "mobilenet_v3_small", "--weights", "none", "--freeze",
                "--image-size", "32", "--batch-size", "2", "--epochs", "3", "--seed", "7", "--quiet"]
 
 
-def cli(*args, **kwargs) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=SRC)
+def cli(*args, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=SRC, **(env or {}))
     return subprocess.Popen([sys.executable, "-m", "transferkit", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()[1]
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.005)
 
 
 def final_weights(run: Path) -> dict:
@@ -57,14 +48,19 @@ def reference_run(resume_data, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("every", [0, 5], ids=["between-epochs", "mid-epoch"])
 def test_kill_9_then_resume_matches_an_uninterrupted_run(resume_data, reference_run, tmp_path, every):
+    """Killed right after its first checkpoint (held there by a plugin, so the kill lands at a known
+    step on any machine): mid-epoch with --checkpoint-every 5, else after epoch 1."""
     out = tmp_path / "run"
-    proc = cli("train", "--data", str(resume_data), "--out", str(out), "--checkpoint-every", str(every), *RESUME_ARGS)
-    wait_for(out / "checkpoints" / "last.pt", proc)
+    plugin, env, marker = pause_plugin(tmp_path)
+    proc = cli(*plugin, "train", "--data", str(resume_data), "--out", str(out), "--checkpoint-every", str(every),
+               *RESUME_ARGS, env=env)
+    step = wait_until_paused(marker, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (out / "run.json").exists(), "the run finished before it was killed"
+    assert not (out / "run.json").exists()
     state = load_torch_file(out / "checkpoints" / "last.pt")["state"]
-    assert (state["batch"] > 0) == (every > 0)  # mid-epoch kill resumes inside an epoch
+    # 20 training images in batches of 2: 10 steps per epoch
+    assert (state["global_step"], state["epoch"], state["batch"]) == ((5, 0, 5) if every else (10, 1, 0)) and step == state["global_step"]
     resumed = cli("train", "--out", str(out), "--resume", "--quiet")
     assert resumed.wait(timeout=600) == 0, resumed.communicate()[1]
     ours, reference = final_weights(out), final_weights(reference_run)
@@ -75,17 +71,19 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(resume_data, reference_
 
 
 def test_sigterm_checkpoints_and_exits_nonzero(resume_data, tmp_path):
+    """SIGTERM while held at step 3: training stops after the next step (4), checkpoints it, says
+    how to resume and exits non-zero (the timeout only guards against a hang)."""
     out = tmp_path / "run"
-    args = [a if a != "3" else "200" for a in RESUME_ARGS]  # long enough to be interrupted
-    proc = cli("train", "--data", str(resume_data), "--out", str(out), "--checkpoint-every", "3", *args)
-    wait_for(out / "checkpoints" / "last.pt", proc)
-    started = time.time()
+    plugin, env, marker = pause_plugin(tmp_path)
+    proc = cli(*plugin, "train", "--data", str(resume_data), "--out", str(out), "--checkpoint-every", "3",
+               *RESUME_ARGS, env=env)
+    assert wait_until_paused(marker, proc) == 3
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-    # A few seconds on an idle machine; the bound leaves room for a loaded CI runner.
-    assert proc.returncode != 0 and time.time() - started < 20
-    assert f"--out {out} --resume" in err
-    assert load_torch_file(out / "checkpoints" / "last.pt")["state"]["global_step"] >= 3
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and f"--out {out} --resume" in err
+    state = load_torch_file(out / "checkpoints" / "last.pt")["state"]
+    assert (state["global_step"], state["epoch"], state["batch"]) == (4, 0, 4)
+    assert not (out / "run.json").exists()
 
 
 def test_write_killed_halfway_leaves_the_previous_file(tmp_path):
@@ -121,17 +119,54 @@ def test_failed_write_cleans_up(tmp_path):
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
+NAN_ARGS = ["--model", "resnet18", "--weights", "none", "--freeze", "none", "--no-cache", "--image-size", "16",
+            "--batch-size", "2", "--quiet"]
+
+
+def assert_nothing_non_finite_written(out: Path) -> None:
+    """The README's promise: no checkpoint, no best and no final model from non-finite weights."""
+    from safetensors.torch import load_file
+
+    assert not (out / "model.safetensors").exists() and not (out / "run.json").exists()
+    if (out / "checkpoints" / "last.pt").exists():
+        assert all(torch.isfinite(t).all() for t in final_weights(out).values() if t.is_floating_point())
+    if (out / "checkpoints" / "best.safetensors").exists():
+        assert all(torch.isfinite(t).all() for t in load_file(out / "checkpoints" / "best.safetensors").values()
+                   if t.is_floating_point())
+
+
 def test_non_finite_loss_stops_with_epoch_and_step(image_folder, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--data", str(image_folder), "--out", str(out), "--model", "resnet18", "--weights", "none",
-                 "--freeze", "none", "--no-cache", "--image-size", "16", "--batch-size", "2", "--lr", "1e30",
-                 "--warmup-epochs", "0", "--epochs", "2", "--quiet"])
-    err = capsys.readouterr().err
-    assert code == 2 and "epoch 1" in err and "step" in err
-    last = out / "checkpoints" / "last.pt"
-    if last.exists():
-        assert all(torch.isfinite(t).all() for t in final_weights(out).values() if t.is_floating_point())
-    assert not (out / "checkpoints" / "best.safetensors").exists() or not (out / "model.safetensors").exists()
+    code = main(["train", "--data", str(image_folder), "--out", str(out), *NAN_ARGS, "--lr", "1e30",
+                 "--warmup-epochs", "0", "--epochs", "2", "--checkpoint-every", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("transferkit train: error: ") and "epoch 1, step" in err[-1]
+    assert_nothing_non_finite_written(out)
+
+
+def test_non_finite_weights_stop_before_anything_is_written(image_folder, tmp_path, capsys, monkeypatch):
+    """Weights that turn NaN during epoch 2 while every loss was finite: the run stops naming
+    epoch 2, and the checkpoint and best model on disk are epoch 1's, finite."""
+    from transferkit.train import trainer
+
+    real = trainer.train_one_epoch
+
+    def poisoned(module, batches, to_input, optimizer, scheduler, state, **kwargs):
+        result = real(module, batches, to_input, optimizer, scheduler, state, **kwargs)
+        if state.epoch == 1:
+            with torch.no_grad():
+                next(module.parameters()).fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(trainer, "train_one_epoch", poisoned)
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(image_folder), "--out", str(out), *NAN_ARGS, "--epochs", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("transferkit train: error: weights became non-finite at epoch 2")
+    assert_nothing_non_finite_written(out)
+    assert load_torch_file(out / "checkpoints" / "last.pt")["state"]["epoch"] == 1
+    from transferkit.engine.checkpoint import best_epoch_on_disk
+    assert best_epoch_on_disk(out) == 1
 
 
 class _Evil:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN, make_image_folder
+from conftest import TINY_TRAIN, make_image_folder, need_extra
 from PIL import Image
 
 from transferkit.cli import main
@@ -157,7 +157,7 @@ def test_static_check_catches_a_broken_image_and_an_outside_link(run_dir):
 
 
 def test_log_tensorboard_writes_scalars(image_folder, tmp_path):
-    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    need_extra("tensorboard", "tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"

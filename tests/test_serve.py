@@ -13,17 +13,18 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN, make_image_folder
+from conftest import TINY_TRAIN, make_image_folder, need_extra
 from torch import nn
 
 from transferkit.cli import main
 from transferkit.deploy.batcher import DynamicBatcher, Overloaded
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-httpx = pytest.importorskip("httpx")
+need_extra("fastapi", "serve")
+need_extra("uvicorn", "serve")
+httpx = need_extra("httpx", "dev")
 
 MAX_BYTES = 100_000
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -161,6 +162,21 @@ def test_limits_refuse_and_the_server_keeps_serving(served, tmp_path, caplog):
     assert marker not in caplog.text and "413" in caplog.text  # the access log has the status, not the body
 
 
+def test_a_thin_image_is_refused_with_422(served):
+    """1 x 5,000,000 px in 5 KB: under --max-pixels, but resized it would be gigapixels (was a 500 or an OOM kill)."""
+    import io
+
+    from PIL import Image
+
+    url, _run, _images = served
+    buffer = io.BytesIO()
+    Image.new("L", (5_000_000, 1), 128).save(buffer, "PNG")
+    assert len(buffer.getvalue()) < 10_000
+    refused = httpx.post(f"{url}/predict", files={"file": ("thin.png", buffer.getvalue(), "image/png")}, timeout=30)
+    assert refused.status_code == 422 and "aspect ratio" in refused.json()["error"]
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+
+
 def test_healthz_metadata_and_the_page(served):
     url, run, _images = served
     health = httpx.get(f"{url}/healthz", timeout=10).json()
@@ -179,49 +195,77 @@ def test_healthz_metadata_and_the_page(served):
     assert "http://" not in html and "https://" not in html and "<script src" not in html  # nothing from a CDN
 
 
-def test_concurrent_requests_share_forward_passes(served):
-    url, _run, images = served
-    data = first_image(images, "dog").read_bytes()
-    before = httpx.get(f"{url}/healthz", timeout=10).json()
-    with ThreadPoolExecutor(16) as pool:
-        codes = list(pool.map(lambda _: httpx.post(f"{url}/predict", content=data, timeout=60).status_code, range(32)))
-    assert codes == [200] * 32
-    after = httpx.get(f"{url}/healthz", timeout=10).json()
-    assert after["predictions"] - before["predictions"] == 32
-    assert after["batches"] - before["batches"] < 32  # some requests were answered together
+class _GatedNet(nn.Module):
+    """A model whose forward pass waits until the test opens the gate: requests pile up behind
+    it in a known order, so batching and a full queue happen on any machine, at any speed."""
 
-
-class _SlowNet(nn.Module):
-    def __init__(self, delay: float):
+    def __init__(self):
         super().__init__()
-        self.delay = delay
+        self.entered, self.gate, self.sizes = threading.Event(), threading.Event(), []
 
     def forward(self, x):
-        time.sleep(self.delay)
+        self.sizes.append(len(x))
+        self.entered.set()
+        assert self.gate.wait(120), "the test never opened the gate"
         return torch.zeros(len(x), 2)
 
 
-def _slow_app(delay: float, **settings):
+def _gated_app(**settings):
     from transferkit.data.transforms import Preprocess
     from transferkit.deploy.serve import ServeSettings, Service, create_app
 
-    service = Service(_SlowNet(delay), Preprocess(16, (0.5,) * 3, (0.5,) * 3), ["a", "b"],
-                      {"model": {"name": "slow"}}, "torch", "slow")
-    return create_app(service, ServeSettings(**settings))
+    net = _GatedNet()
+    service = Service(net, Preprocess(16, (0.5,) * 3, (0.5,) * 3), ["a", "b"], {"model": {"name": "gated"}},
+                      "torch", "gated")
+    return create_app(service, ServeSettings(**settings)), net
+
+
+def _until(condition, what: str) -> None:
+    """Wait for a state the server reaches by itself (no outcome depends on how long it takes)."""
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.01)
+
+
+def test_queued_requests_share_one_forward_pass(served):
+    """One request holds the model; eight more queue behind it and are answered by one forward pass."""
+    _url, _run, images = served
+    data = first_image(images, "dog").read_bytes()
+    app, net = _gated_app(timeout=120, max_batch=8, max_wait_ms=0)
+    batcher = app.state.batcher
+    with ThreadServer(app) as server, ThreadPoolExecutor(9) as pool:
+        post = lambda _: httpx.post(f"{server.url}/predict", content=data, timeout=120).status_code  # noqa: E731
+        first = pool.submit(post, 0)
+        assert net.entered.wait(120)
+        rest = [pool.submit(post, i) for i in range(8)]
+        _until(lambda: batcher.waiting == 8, "eight requests queued")
+        net.gate.set()
+        assert [first.result()] + [r.result() for r in rest] == [200] * 9
+        health = httpx.get(f"{server.url}/healthz", timeout=10).json()
+    assert net.sizes == [1, 8] and (health["batches"], health["predictions"]) == (2, 9)
 
 
 def test_deadline_gives_504_and_a_full_queue_503(served):
     _url, _run, images = served
     data = first_image(images).read_bytes()
-    with ThreadServer(_slow_app(0.6, timeout=0.2)) as server:
-        late = httpx.post(f"{server.url}/predict", content=data, timeout=30)
+    app, net = _gated_app(timeout=0.2)
+    with ThreadServer(app) as server:
+        late = httpx.post(f"{server.url}/predict", content=data, timeout=30)  # the gate stays shut
         assert late.status_code == 504 and "deadline" in late.json()["error"]
         assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
-    with ThreadServer(_slow_app(0.6, timeout=30, max_batch=1, max_queue=1, max_wait_ms=0)) as server:
-        with ThreadPoolExecutor(4) as pool:
-            codes = list(pool.map(lambda _: httpx.post(f"{server.url}/predict", content=data, timeout=30).status_code,
-                                  range(4)))
-        assert 503 in codes and 200 in codes and set(codes) <= {200, 503}
+        net.gate.set()
+    app, net = _gated_app(timeout=120, max_batch=1, max_queue=1, max_wait_ms=0)
+    with ThreadServer(app) as server, ThreadPoolExecutor(2) as pool:
+        post = lambda: httpx.post(f"{server.url}/predict", content=data, timeout=120)  # noqa: E731
+        running = pool.submit(post)
+        assert net.entered.wait(120)
+        queued = pool.submit(post)
+        _until(lambda: app.state.batcher.waiting == 1, "one request queued")
+        full = post()
+        assert full.status_code == 503 and full.headers["retry-after"] == "1"
+        net.gate.set()
+        assert running.result().status_code == queued.result().status_code == 200
 
 
 def test_batcher_batches_propagates_errors_and_refuses_when_full():
@@ -284,3 +328,81 @@ def test_page_in_a_headless_browser(served):
         assert "error" not in driver.find_element(By.ID, "status").get_attribute("class")
     finally:
         driver.quit()
+
+
+def _request(body: bytes, content_type: str | None = None, *headers: str) -> bytes:
+    lines = ["POST /predict HTTP/1.1", "Host: x", f"Content-Length: {len(body)}", *headers]
+    if content_type is not None:
+        lines.append(f"Content-Type: {content_type}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _multipart(parts: list[tuple[str, bytes]], boundary: str = "tkfuzz", end: bool = True) -> bytes:
+    """``parts``: (part headers, content) pairs, joined as a multipart body."""
+    body = b"".join(f"--{boundary}\r\n{head}\r\n\r\n".encode() + content + b"\r\n" for head, content in parts)
+    return body + (f"--{boundary}--\r\n".encode() if end else b"")
+
+
+def http_fuzz_cases(rng) -> list[tuple[str, bytes]]:
+    """Seeded malformed requests: ``(what, raw HTTP request)``. Every one deserves a 4xx."""
+    form = "multipart/form-data; boundary=tkfuzz"
+    file_part = 'Content-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png'
+    noise = lambda n: rng.integers(0, 256, n, dtype=np.uint8).tobytes()  # noqa: E731
+    cases = [
+        ("multipart without a boundary", _request(_multipart([(file_part, noise(200))]), "multipart/form-data")),
+        ("multipart, other boundary", _request(_multipart([(file_part, noise(200))], "other"), form)),
+        ("multipart, no closing boundary", _request(_multipart([(file_part, noise(300))], end=False), form)),
+        ("multipart, part without headers", _request(_multipart([("", noise(100))]), form)),
+        ("multipart, part without a name", _request(_multipart([("Content-Disposition: form-data", noise(50))]), form)),
+        ("multipart, two files", _request(_multipart([(file_part, noise(50)), (file_part, noise(50))]), form)),
+        ("multipart, many fields", _request(_multipart([(f'Content-Disposition: form-data; name="f{i}"', b"x")
+                                                        for i in range(8)]), form)),
+        ("multipart, empty file", _request(_multipart([(file_part, b"")]), form)),
+        ("multipart, 'file' is a plain field", _request(_multipart([('Content-Disposition: form-data; name="file"',
+                                                                       b"hello")]), form)),
+        ("multipart, long part header", _request(_multipart([(file_part + "\r\nX-Long: " + "a" * 60_000, b"x")]), form)),
+        ("multipart, 200-char boundary", _request(_multipart([(file_part, noise(64))], "b" * 200),
+                                                  "multipart/form-data; boundary=" + "b" * 200)),
+        ("multipart, non-UTF-8 file name", _request(b"--tkfuzz\r\nContent-Disposition: form-data; name=\"file\"; "
+                                                    b"filename=\"\xff\xfe.png\"\r\n\r\n" + noise(64) + b"\r\n--tkfuzz--\r\n", form)),
+        ("multipart, LF line ends", _request(_multipart([(file_part, noise(64))]).replace(b"\r\n", b"\n"), form)),
+        ("multipart, garbage", _request(noise(500), form)),
+        ("text/plain", _request(b"just some text", "text/plain")),
+        ("json", _request(b'{"file": "iVBORw0KGgo="}', "application/json")),
+        ("url-encoded form", _request(b"file=abc&x=1", "application/x-www-form-urlencoded")),
+        ("content type nonsense", _request(noise(100), "???/;;;")),
+        ("empty body", _request(b"")),
+        ("empty multipart body", _request(b"", form)),
+        ("empty chunked body", b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("Content-Length not a number", b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n"),
+        ("topk nonsense", _request(noise(10)).replace(b"/predict", b"/predict?topk=-3", 1)),
+    ]
+    types = [None, "image/png", "image/jpeg", "application/octet-stream", "image/webp", form]
+    for i in range(40):
+        cases.append((f"random body {i}", _request(noise(int(rng.integers(1, 5000))), types[i % len(types)])))
+    return cases
+
+
+def test_http_fuzz_gets_4xx_and_the_server_stays_up(served):
+    """Malformed multipart, wrong content types, empty and random bodies: each a 4xx; then bodies
+    that stall (408 at the deadline). /healthz and a real prediction still answer afterwards."""
+    url, _run, images = served
+    statuses = {what: raw_status(url, request[:request.index(b"\r\n\r\n") + 4], [request[request.index(b"\r\n\r\n") + 4:]])
+                for what, request in http_fuzz_cases(np.random.default_rng(11))}
+    assert len(statuses) == 63 and {w: s for w, s in statuses.items() if not 400 <= s < 500} == {}
+    assert httpx.get(f"{url}/healthz", timeout=10).json()["status"] == "ok"
+    assert httpx.post(f"{url}/predict", content=first_image(images).read_bytes(), timeout=30).status_code == 200
+
+    app, net = _gated_app(timeout=0.5)
+    net.gate.set()
+    with ThreadServer(app) as server:
+        # The client stops sending; the server answers at its deadline (the test just waits for it).
+        stalled = [raw_status(server.url, _request(b"x" * 1000)[:-990]),
+                   raw_status(server.url, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"),
+                   raw_status(server.url, b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                          b"10\r\n0123456789abcdef\r\n"),
+                   raw_status(server.url, _request(_multipart([('Content-Disposition: form-data; name="file"',
+                                                                 b"x" * 500)]), "multipart/form-data; boundary=tkfuzz")[:-200])]
+        assert stalled == [408] * 4
+        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+        assert httpx.post(f"{server.url}/predict", content=first_image(images).read_bytes(), timeout=30).status_code == 200

@@ -94,7 +94,8 @@ def predict(run_dir: str | Path, images, topk: int = 5, *, device: str = "auto")
         if isinstance(item, (str, Path)):
             results += predict_images(net, pre, classes, collect_images([str(item)]), topk, device=dev)
             continue
-        x = prepare(stack([fit_size(to_uint8_chw(item, f"images[{position}]"), pre.size, pre.interpolation)]), pre, dev)
+        where = f"images[{position}]"
+        x = prepare(stack([fit_size(to_uint8_chw(item, where), pre.size, pre.interpolation, where)]), pre, dev)
         with torch.inference_mode():
             probs = split_outputs(net(x))[0].float().softmax(1)[0].cpu()
         results.append({"image": position, "predictions": top_predictions(probs, classes, topk)})

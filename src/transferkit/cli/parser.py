@@ -167,7 +167,7 @@ def _serve(sub):
     p.add_argument("--max-bytes", default="10MB", help="largest request body (default 10MB); bigger ones get 413")
     p.add_argument("--max-pixels", type=int, default=50_000_000,
                    help="largest image, in pixels, read from its header before decoding (default 50 million); 422")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds a request may take, upload included (504)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds a request may take, upload included (408 while its body is still arriving, else 504)")
     p.add_argument("--max-batch", type=int, default=16, help="most requests answered by one forward pass")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
                    help="how long a request waits for others to share its forward pass (default 5 ms)")

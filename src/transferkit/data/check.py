@@ -2,8 +2,9 @@
 
 Reports classes and counts per split, class imbalance, duplicate files by content hash (within
 a split and across splits: a test image that is also a training image inflates accuracy), and
-every unusable file with its reason. The dataset is clean when nothing unusable and no
-cross-split duplicate was found.
+every unusable file with its reason, and every top-level folder that was not read (neither a
+split nor a class). The dataset is clean when nothing unusable, no cross-split duplicate and
+no unread folder holding images was found.
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def check_data(spec: str, max_pixels: int | None = None) -> dict:
     splits = load_data(spec, seed=0)
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     report = {"spec": spec, "classes": splits.classes, "splits": {}, "bad_files": [], "duplicates": [],
-              "cross_split_duplicates": [], "warnings": []}
+              "cross_split_duplicates": [], "warnings": [],
+              "ignored_folders": [{"path": p, "images": n} for p, n in splits.ignored.items()]}
     owners = defaultdict(list)  # content hash -> [(split, path)]
     for name in ("train", "val", "test"):
         imageset = getattr(splits, name)
@@ -77,7 +79,8 @@ def check_data(spec: str, max_pixels: int | None = None) -> dict:
     elif train_counts and max(train_counts) / min(train_counts) > IMBALANCE_WARN:
         report["warnings"].append(f"class imbalance: largest/smallest training class = "
                                   f"{max(train_counts) / min(train_counts):.1f}")
-    report["clean"] = not report["bad_files"] and not report["cross_split_duplicates"]
+    unread = [f for f in report["ignored_folders"] if f["images"]]
+    report["clean"] = not report["bad_files"] and not report["cross_split_duplicates"] and not unread
     return report
 
 
@@ -94,7 +97,12 @@ def format_report(report: dict) -> str:
                      + ", ".join(dup["files"]))
     for bad in report["bad_files"]:
         lines.append(f"unusable: {bad['path']}: {bad['reason']}")
+    for folder in report["ignored_folders"]:
+        lines.append(f"not read: {folder['path']} ({folder['images']} images): neither a split "
+                     "(train, val|valid|validation, test) nor a class folder with images")
+    unread = sum(1 for f in report["ignored_folders"] if f["images"])
     lines.append("clean" if report["clean"] else
                  f"NOT clean: {len(report['bad_files'])} unusable file(s), "
-                 f"{len(report['cross_split_duplicates'])} duplicate(s) across splits")
+                 f"{len(report['cross_split_duplicates'])} duplicate(s) across splits"
+                 + (f", {unread} folder(s) of images not read" if unread else ""))
     return "\n".join(lines)

@@ -5,12 +5,15 @@
   range: 16-bit data is scaled by 1/257, not clipped (clipping turns a 16-bit gradient white).
 - Transparent pixels are composited over white, so what was invisible stays background.
 - An image with more than ``max_pixels`` pixels is refused from its header, before decoding
-  (decompression bombs), and a broken file raises ``BadImage`` naming its path; it is never
-  silently replaced by another sample.
+  (decompression bombs), and so is one whose sides differ by more than ``MAX_ASPECT`` times: the
+  short side is scaled to the input size, so a 1 x 5,000,000 px strip would become a gigapixel
+  (and its centre square a meaningless sliver). A broken file raises ``BadImage`` naming its
+  path; it is never silently replaced by another sample.
 """
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -19,6 +22,9 @@ from transferkit.core.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (0.25 GiB of RGBA)
+# Wider than any panorama or receipt scan; at 224 px the resized long side stays within 22,400 px.
+MAX_ASPECT = 100
+_pillow_limit = threading.Lock()
 
 
 class BadImage(Exception):
@@ -62,6 +68,31 @@ def to_rgb(img):
     return img.convert("RGB")
 
 
+def unusable_shape(width: int, height: int) -> str | None:
+    """Why an image of this size cannot be resized to a model's input, or None when it can."""
+    if min(width, height) < 1:
+        return f"no pixels ({width}x{height})"
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        return (f"extreme aspect ratio ({width}x{height}, over {MAX_ASPECT}:1): scaling its short side to the "
+                "input size would blow the long side up, and its centre square would be a sliver; crop it first")
+    return None
+
+
+def _allow_in_pillow(max_pixels: int) -> None:
+    """Let Pillow open what ``max_pixels`` allows.
+
+    Pillow refuses images over twice its own ``Image.MAX_IMAGE_PIXELS`` while opening them, before
+    our header check runs, so a ``--max-pixels`` above that would have no effect. Its limit is
+    raised to ours (never lowered: other threads may be decoding under a larger one); Pillow's
+    check stays a second guard for sizes found only while decoding (GIF frames, TIFF tiles).
+    """
+    from PIL import Image
+
+    with _pillow_limit:
+        if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def _byte_size(source) -> int:
     if hasattr(source, "getbuffer"):  # io.BytesIO: an upload held in memory (the server)
         return source.getbuffer().nbytes
@@ -72,6 +103,7 @@ def open_rgb(path, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Open ``path`` (a file name or an ``io.BytesIO``) as an upright RGB PIL image, or raise BadImage."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    _allow_in_pillow(max_pixels)
     try:
         if _byte_size(path) == 0:
             raise BadImage(path, "empty file")
@@ -82,6 +114,8 @@ def open_rgb(path, max_pixels: int = DEFAULT_MAX_PIXELS):
             if width * height > max_pixels:
                 raise BadImage(path, f"too many pixels ({width}x{height} > {max_pixels}); "
                                      "raise --max-pixels if you trust this file")
+            if reason := unusable_shape(width, height):
+                raise BadImage(path, reason)
             img.load()
         img = ImageOps.exif_transpose(img)
         return to_rgb(img)
@@ -90,7 +124,7 @@ def open_rgb(path, max_pixels: int = DEFAULT_MAX_PIXELS):
     except UnidentifiedImageError:
         raise BadImage(path, "not an image (unrecognised format)") from None
     except Image.DecompressionBombError as exc:
-        raise BadImage(path, f"too many pixels ({exc})") from None
+        raise BadImage(path, f"too many pixels ({exc}); raise --max-pixels if you trust this file") from None
     except (OSError, SyntaxError, ValueError) as exc:
         text = str(exc)
         reason = "truncated" if "truncated" in text.lower() else f"unreadable ({text.splitlines()[0][:120] if text else type(exc).__name__})"
@@ -103,9 +137,14 @@ def resize_center_crop(img, size: int, interpolation: str = "bilinear"):
     Pixel for pixel what torchvision's ``Resize(size)`` + ``CenterCrop(size)`` give (timm's eval
     transform with crop_pct 1.0), so a run loaded in timm or torchvision sees the same input:
     the long side is truncated, the crop offset rounded, as they do.
+
+    Raises ValueError for a shape ``unusable_shape`` refuses (files are refused earlier, from
+    their header): the intermediate image is never more than ``MAX_ASPECT`` squares.
     """
     from PIL import Image
 
+    if reason := unusable_shape(*img.size):
+        raise ValueError(reason)
     resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
     width, height = img.size
     long = int(size * max(width, height) / min(width, height))

@@ -49,14 +49,17 @@ def to_uint8_chw(image, where: str = "image") -> torch.Tensor:
     return (x * 255).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def fit_size(image: torch.Tensor, size: int, interpolation: str = "bilinear") -> torch.Tensor:
+def fit_size(image: torch.Tensor, size: int, interpolation: str = "bilinear", where: str = "image") -> torch.Tensor:
     """Short side to ``size``, centre square kept: through the very resize image files get, so a
     file and the same picture in memory give identical pixels. uint8 ``(C, H, W)`` in and out."""
     from PIL import Image
 
     array = image.permute(1, 2, 0).numpy()
     picture = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
-    return torch.from_numpy(to_chw(resize_center_crop(picture, size, interpolation)))
+    try:
+        return torch.from_numpy(to_chw(resize_center_crop(picture, size, interpolation)))
+    except ValueError as exc:  # a shape no resize can use (extreme aspect ratio), as files are refused
+        raise UserError(f"{where}: {exc}") from None
 
 
 def stack(images: list[torch.Tensor]) -> torch.Tensor:
@@ -79,7 +82,7 @@ class LooseImages:
 
     def decode(self, size: int, interpolation: str = "bilinear", skip_bad: bool = False, max_pixels: int = 0,
                progress=None) -> tuple[TensorImages, list]:
-        fitted = [fit_size(im, size, interpolation) for im in self.images]
+        fitted = [fit_size(im, size, interpolation, f"{self.name}[{i}]") for i, im in enumerate(self.images)]
         images = stack(fitted) if fitted else torch.zeros((0, 3, size, size), dtype=torch.uint8)
         return TensorImages(images, self.labels, self.classes, self.name), []
 

@@ -2,15 +2,18 @@
 
 SPEC is a built-in name (fashion-mnist, cifar10, digits), a CSV of ``path,label[,split]``, a
 folder: ``root/<class>/<image>`` (split into train/val by ``--seed``, 20% val per class) or
-``root/{train,val,test}/<class>/<image>``, or parquet data from the Hugging Face Hub (parquet.py). Hidden files and folders and empty folders never
-become classes. Built-ins hold out a fixed 10% of their training split for validation, so the
-val and test sets do not move with ``--seed``.
+``root/{train,val,test}/<class>/<image>``, where the validation folder may also be called
+``valid`` (fastai, Keras) or ``validation``, or parquet data from the Hugging Face Hub (parquet.py).
+Hidden files and folders and empty folders never become classes. A top-level folder that is
+neither a split nor a class is not read, and ``DataSplits.ignored`` names it so that ``data check``
+and ``train`` can say so. Built-ins hold out a fixed 10% of their training split for validation,
+so the val and test sets do not move with ``--seed``.
 """
 from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from transferkit.data.images import is_image_file
 from transferkit.data.imagesets import FileImages, TensorImages
 
 SPLIT_NAMES = ("train", "val", "test")
+VAL_FOLDERS = ("val", "valid", "validation")  # the names the common layouts give the validation folder
 VAL_FRACTION = 0.2
 BUILTIN_VAL_FRACTION = 0.1
 
@@ -33,6 +37,7 @@ class DataSplits:
     train: object
     val: object | None
     test: object | None
+    ignored: dict = field(default_factory=dict)  # top-level folder -> images in it: neither a split nor a class
 
     def split(self, name: str):
         chosen = getattr(self, name, None)
@@ -87,20 +92,41 @@ def _file_set(by_class: dict[str, list[str]], classes: list[str], name: str) -> 
     return FileImages(paths, labels, classes, name)
 
 
+def count_images(folder: Path) -> int:
+    return sum(1 for _, _, files in os.walk(folder) for f in files if is_image_file(f))
+
+
+def _split_folders(root: Path, subdirs: set[str]) -> dict[str, str]:
+    """``{split: folder name}`` of a root with a train/ folder; refuses two validation folders."""
+    vals = [n for n in VAL_FOLDERS if n in subdirs]
+    if len(vals) > 1:
+        raise UserError(f"{root} has both {' and '.join(f'{v}/' for v in vals)}; all of them would be the validation "
+                        "split: keep one (or merge them)")
+    return {"train": "train", **({"val": vals[0]} if vals else {}), **({"test": "test"} if "test" in subdirs else {})}
+
+
 def _from_folder(spec: str, root: Path, seed: int) -> DataSplits:
-    subdirs = {e.name for e in os.scandir(root) if e.is_dir()}
+    subdirs = {e.name for e in os.scandir(root) if e.is_dir() and _visible(e.name)}
     if "train" in subdirs:
+        folders = _split_folders(root, subdirs)
         train_map = scan_class_folders(root / "train")
         if not train_map:
             raise UserError(f"{root}/train has no class folders with images in them")
         classes = sorted(train_map)
-        sets = {s: (_file_set(scan_class_folders(root / s), classes, f"{spec}/{s}") if s in subdirs else None)
-                for s in ("val", "test")}
+        sets = {s: (_file_set(scan_class_folders(root / folders[s]), classes, f"{spec}/{folders[s]}")
+                    if s in folders else None) for s in ("val", "test")}
         train = _file_set(train_map, classes, f"{spec}/train")
         if sets["val"] is None or len(sets["val"]) == 0:
             keep, held = stratified_split(train.labels.numpy(), VAL_FRACTION, seed)
             train, sets["val"] = train.subset(keep), train.subset(held)
-        return DataSplits(spec, classes, train, sets["val"], sets["test"])
+        ignored = {str(root / d): count_images(root / d) for d in sorted(subdirs - set(folders.values()))}
+        return DataSplits(spec, classes, train, sets["val"], sets["test"], ignored)
+    split_like = sorted(d for d in subdirs if d.lower() in ("train", "training", *VAL_FOLDERS, "test", "testing"))
+    if split_like:
+        # Read as classes they would mix the splits into one another: refuse rather than guess.
+        raise UserError(f"{root} has {', '.join(d + '/' for d in split_like)} but no train/ folder, so they would be "
+                        f"read as classes; put the training images in {root}/train/<class>/ (split folders are "
+                        "train, val|valid|validation and test), or rename the folder if it is a class")
     by_class = scan_class_folders(root)
     if len(by_class) < 2:
         raise UserError(f"{root} needs at least two class folders with images (root/<class>/<image>); "
@@ -108,7 +134,17 @@ def _from_folder(spec: str, root: Path, seed: int) -> DataSplits:
     classes = sorted(by_class)
     everything = _file_set(by_class, classes, spec)
     keep, held = stratified_split(everything.labels.numpy(), VAL_FRACTION, seed)
-    return DataSplits(spec, classes, everything.subset(keep), everything.subset(held), None)
+    ignored = {str(root / d): 0 for d in sorted(subdirs - set(by_class))}  # no images: never a class
+    return DataSplits(spec, classes, everything.subset(keep), everything.subset(held), None, ignored)
+
+
+def ignored_note(splits: DataSplits) -> str | None:
+    """One line naming the top-level folders that were not read (for ``train`` and ``lr-find``)."""
+    if not splits.ignored:
+        return None
+    listed = ", ".join(f"{p} ({n} images)" if n else f"{p} (no images)" for p, n in splits.ignored.items())
+    return (f"note: not read, neither a split (train, val|valid|validation, test) nor a class folder with images: "
+            f"{listed}")
 
 
 def _from_csv(spec: str, path: Path, seed: int) -> DataSplits:
@@ -123,8 +159,9 @@ def _from_csv(spec: str, path: Path, seed: int) -> DataSplits:
     grouped: dict[str, tuple[list, list]] = {}
     for row in rows:
         split = row[2].strip() if len(row) > 2 and row[2].strip() else "train"
+        split = "val" if split in VAL_FOLDERS else split  # valid, validation: as for folders
         if split not in SPLIT_NAMES:
-            raise UserError(f"{path}: split '{split}' must be one of {', '.join(SPLIT_NAMES)}")
+            raise UserError(f"{path}: split '{split}' must be one of train, val (or valid, validation), test")
         file = row[0].strip()
         full = file if os.path.isabs(file) else str(base / file)
         grouped.setdefault(split, ([], []))

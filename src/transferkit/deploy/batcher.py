@@ -33,6 +33,11 @@ class DynamicBatcher:
         # One thread: forward passes run one after another, each using every core itself.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transferkit-batch")
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a forward pass that has not started yet."""
+        return self._queue.qsize() if self._queue is not None else 0
+
     async def start(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.max_queue)
         self._task = asyncio.create_task(self._run(), name="transferkit-batcher")

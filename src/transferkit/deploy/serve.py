@@ -10,7 +10,8 @@ The model is loaded once, before the port opens; no request can name a model or 
 Every refusal is a JSON ``{"error": reason}`` and the server carries on:
 413 body over ``max_bytes`` (from Content-Length before reading, else counted while streaming),
 422 not an image / too many pixels (from the header, before decoding) / bad ``topk``,
-503 queue full, 504 past the deadline. Request bodies are never logged.
+408 body still arriving at the deadline (a slow or stalled client), 503 queue full, 504 past the
+deadline after the body arrived. Request bodies are never logged.
 """
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations
 # (``request: Request``) at definition time, and fastapi is imported inside create_app.
@@ -194,8 +195,9 @@ def create_app(service: Service, settings: ServeSettings | None = None):
 
     app.add_middleware(_NoSniff)
 
-    async def answer(request: Request, topk: int, start: float) -> dict:
+    async def answer(request: Request, topk: int, start: float, arrived: asyncio.Event) -> dict:
         data = await read_image_bytes(request, settings.max_bytes)
+        arrived.set()
         try:
             array = await run_in_threadpool(service.decode, data, settings.max_pixels)
         except BadImage as bad:
@@ -213,9 +215,12 @@ def create_app(service: Service, settings: ServeSettings | None = None):
     async def predict(request: Request):
         start = time.perf_counter()
         topk = _parse_topk(request.query_params.get("topk"), len(service.classes))
+        arrived = asyncio.Event()
         try:
-            return await asyncio.wait_for(answer(request, topk, start), settings.timeout)
+            return await asyncio.wait_for(answer(request, topk, start, arrived), settings.timeout)
         except asyncio.TimeoutError:
+            if not arrived.is_set():  # the client's fault: its body was still on the way
+                raise Refuse(408, f"the request body did not arrive within the {settings.timeout:g} s deadline") from None
             raise Refuse(504, f"no answer within the {settings.timeout:g} s deadline; retry, or send a smaller image") from None
 
     @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)

@@ -7,6 +7,7 @@ from torch import nn
 
 from transferkit.models.layout import FUNCTIONAL, Layout, get_module
 from transferkit.models.outputs import split_outputs
+from transferkit.models.weights import tensors_sha256
 
 
 class Chain(nn.Module):
@@ -96,3 +97,15 @@ def split_is_exact(net: nn.Module, front: nn.Module, back: nn.Module, x) -> bool
         net.train(was_training)
     return (isinstance(whole, torch.Tensor) and isinstance(cut, torch.Tensor) and whole.shape == cut.shape
             and torch.allclose(whole.float(), cut.float(), rtol=1e-3, atol=1e-4))
+
+
+def front_sha256(net: nn.Module, front: nn.Module, heads: list[str]) -> str:
+    """A hash of the tensors ``front`` computes with (weights and buffers, by their names in
+    ``net``), the new heads left out: some fronts hold the whole model and stop at the head.
+
+    The feature cache is keyed by it, so a cache is only ever reused for the very weights that
+    filled it, whatever the run believes it loaded (a resumed run, a file, a random init).
+    """
+    names = {id(t): n for n, t in net.state_dict(keep_vars=True).items()}
+    tensors = {names.get(id(t), f"front.{n}"): t for n, t in front.state_dict(keep_vars=True).items()}
+    return tensors_sha256({n: t for n, t in tensors.items() if not any(n == h or n.startswith(h + ".") for h in heads)})

@@ -62,6 +62,9 @@ class BackboneInfo:
     weights_sha256: str | None = None
     imagenet_classes: list | None = field(default=None, repr=False)
     variant: str = ""      # the exact pretrained weights the family chose ("": its only or default ones)
+    # Constructor-level settings that go with the weights (Inception's transform_input), applied
+    # again whenever the run is rebuilt; runs written before this field rebuild with none.
+    arch: dict = field(default_factory=dict)
 
     def preprocess(self, size: int = 0) -> Preprocess:
         """The preprocessing these weights expect, at ``size`` pixels (0: the backbone's own size)."""
@@ -102,6 +105,14 @@ class Family:
         """The architecture with no pretrained weights, shaped for the ``variant`` weights (see
         ``weights_variant``), and its preprocessing (input_size, mean, std, interpolation)."""
         raise NotImplementedError
+
+    def weight_settings(self, name: str, weights: str) -> dict:
+        """Architecture settings these weights need (``imagenet``, ``none`` or a path), recorded as
+        ``BackboneInfo.arch`` so that a rebuilt run computes what the trained one did."""
+        return {}
+
+    def configure(self, model: nn.Module, settings: dict) -> None:
+        """Apply ``weight_settings``' answer to a freshly built model (also when a run is rebuilt)."""
 
     def weights_variant(self, name: str, weights: str) -> str:
         """The exact pretrained weights ``--weights weights`` (imagenet or a weight name) means for

@@ -44,14 +44,18 @@ def describe(model: nn.Module) -> Layout:
     return family_of(model).layout(model)
 
 
-def build_architecture(name: str, num_classes: int = 1000, variant: str = "") -> tuple[nn.Module, dict]:
+def build_architecture(name: str, num_classes: int = 1000, variant: str = "",
+                       arch: dict | None = None) -> tuple[nn.Module, dict]:
     """The model for ``name`` with no pretrained weights, plus its preprocessing.
 
     Library models come with their pretrained classes (the head is replaced later); users'
     models are built for ``num_classes`` directly, since their code may size more than the last
     layer from it. ``variant``: the pretrained weights it is shaped for (``BackboneInfo.variant``).
     """
-    return family_for(name).build(name, num_classes, variant)
+    family = family_for(name)
+    model, pre = family.build(name, num_classes, variant)
+    family.configure(model, arch or {})
+    return model, pre
 
 
 def create_backbone(name: str, weights: str = "imagenet", num_classes: int = 1000) -> tuple[nn.Module, BackboneInfo]:
@@ -67,14 +71,16 @@ def create_backbone(name: str, weights: str = "imagenet", num_classes: int = 100
     by_name = weights != "none" and not looks_like_file(weights)
     variant = family.weights_variant(name, weights) if by_name else ""
     model, pre = family.build(name, num_classes, variant)
-    info = BackboneInfo(name=name, source=family.source, weights=weights, variant=variant, **pre)
+    info = BackboneInfo(name=name, source=family.source, weights=weights, variant=variant,
+                        arch=family.weight_settings(name, weights), **pre)
+    family.configure(model, info.arch)
     if weights == "none":
         return model, info
     if by_name:
         state, info.weights_source, info.weights_sha256 = family.pretrained_weights(name, model, variant)
     else:
         state, info.weights_source, info.weights_sha256 = resolve_file(weights)
-    load_into(model, state, name)
+    load_into(model, state, name, heads=lambda: describe(model).heads)
     if by_name:
         names = family.class_names(name, model, variant)
         info.imagenet_classes = imagenet_class_names() if names is None else (names or None)

@@ -41,5 +41,5 @@ def create_model(name: str, num_classes: int, weights: str = "imagenet", head: s
 
 def rebuild_model(info: BackboneInfo, num_classes: int, head: str) -> TransferModel:
     """The architecture of a trained run, without any weights: the caller loads the run's own."""
-    net, _ = build_architecture(info.name, num_classes, info.variant)
+    net, _ = build_architecture(info.name, num_classes, info.variant, info.arch)
     return _with_head(net, info, num_classes, head)

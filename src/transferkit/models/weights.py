@@ -8,6 +8,7 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import Callable
 
 import timm
 import torch
@@ -26,11 +27,12 @@ SHA256_NAME = re.compile(r"[a-f0-9]{64}")      # a Hugging Face LFS blob is name
 
 
 def tensors_sha256(state: dict) -> str:
-    """A content hash for weights that did not come from one file (torch.hub models)."""
+    """A content hash of tensors by name (weights that did not come from one file, the feature
+    cache's front). Raw bytes, so bfloat16 hashes too; the same bytes as numpy's for other types."""
     digest = hashlib.sha256()
     for key in sorted(state):
         digest.update(key.encode())
-        digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+        digest.update(state[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -115,15 +117,37 @@ def resolve_file(path: str) -> tuple[dict, str, str]:
     return state, f"file {os.path.abspath(path)}", sha256_file(path)
 
 
-def load_into(model, state: dict, name: str) -> None:
-    """Load ``state`` strictly, except that a classifier of another size is left as initialised."""
+def shape_mismatches(own: dict, state: dict) -> list[str]:
+    """``name (file AxB, model CxD)`` for every tensor both have in different shapes."""
+    return [f"{k} (file {'x'.join(map(str, state[k].shape))}, model {'x'.join(map(str, own[k].shape))})"
+            for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+
+
+def load_exactly(model, state: dict, what: str) -> None:
+    """``model.load_state_dict(state)``, with a mismatch as one clear error instead of a traceback."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = shape_mismatches(own, state)
+    if missing or unexpected or wrong:
+        detail = "; ".join(part for part in (f"missing {missing[:3]}" if missing else "",
+                                             f"unexpected {unexpected[:3]}" if unexpected else "",
+                                             f"shape mismatch in {', '.join(wrong[:3])}" if wrong else "") if part)
+        raise UserError(f"{what}: {detail}")
+    model.load_state_dict(state)
+
+
+def load_into(model, state: dict, name: str, heads: Callable[[], list[str]]) -> None:
+    """Load ``state`` strictly, except that classifiers (``heads()``: their module paths) of another
+    size are left as initialised: they are replaced for the new classes anyway."""
     own = model.state_dict()
     state = {k.removeprefix("module."): v for k, v in state.items()}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or len(wrong) > 2:
+    in_head = lambda k: any(k == h or k.startswith(h + ".") for h in heads())  # noqa: E731
+    if missing or unexpected or not all(in_head(k) for k in wrong):
         detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}") if (missing or unexpected) \
-            else f"shape mismatch in {wrong[:3]}"
+            else f"shape mismatch in {', '.join(shape_mismatches(own, {k: state[k] for k in wrong if not in_head(k)})[:3])}"
         raise UserError(f"weights do not fit {name}: {detail}; are they for another architecture?")
     model.load_state_dict({k: v for k, v in state.items() if k not in wrong}, strict=False)

@@ -51,9 +51,14 @@ def temperature(run: dict) -> float | None:
 
 def _library_names(run: dict) -> dict:
     try:
-        return family_for(run["model"]["name"]).library_names(run["model"]["name"], run["backbone"].get("variant", ""))
+        names = family_for(run["model"]["name"]).library_names(run["model"]["name"], run["backbone"].get("variant", ""))
     except UserError:  # a plugin's name that is not registered in this process: nothing to promise
         return {}
+    if "torchvision" in names and (arch := run["backbone"].get("arch")):
+        # Settings the weights needed (Inception's transform_input) are constructor arguments too.
+        name, kwargs = names["torchvision"]
+        names["torchvision"] = (name, {**kwargs, **arch})
+    return names
 
 
 def architecture(run: dict) -> str:

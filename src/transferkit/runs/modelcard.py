@@ -132,7 +132,8 @@ def _usage(run: dict, found, t: float | None) -> list[str]:
                   "with torch.no_grad():", f"    probs = {logits}.softmax(-1)", "```", ""]
         if found.torchvision and "aux_logits" in found.torchvision[1]:
             lines += ["The auxiliary classifiers were trained too and are in the weights, hence `aux_logits=True`; "
-                      "`transform_input` stays False, as in training.", ""]
+                      f"`transform_input={bool(found.torchvision[1].get('transform_input', False))}` as in training "
+                      "(True with pretrained weights, which expect their inputs converted so).", ""]
     if not (found.timm or found.torchvision):
         lines += [f"The model (`{run['model']['name']}`, head `{run['model']['head']}`) is transferkit's own "
                   "arrangement: load it with transferkit as above; `model.safetensors` holds its state dict.", ""]

@@ -18,6 +18,7 @@ from transferkit.models.family import BackboneInfo
 from transferkit.models.plugins import unknown_in_run
 from transferkit.models.transfer import rebuild_model
 from transferkit.models.usercode import activate_run_code
+from transferkit.models.weights import load_exactly
 
 
 def versions() -> dict:
@@ -49,10 +50,6 @@ def load_run(run_dir: str | Path, weights_file: str = "model.safetensors"):
     if run["backbone"].get("source") == "registered" and registered(model_name) is None:
         raise unknown_in_run(model_name)
     tm = rebuild_model(BackboneInfo.from_json(run["backbone"]), len(classes), run["model"]["head"])
-    state = load_weights_file(weights)
-    missing, unexpected = tm.net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{weights} does not fit {model_name} with {len(classes)} classes "
-                        f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    load_exactly(tm.net, load_weights_file(weights), f"{weights} does not fit {model_name} with {len(classes)} classes")
     tm.net.eval()
     return tm, Preprocess.from_json(run["preprocess"]), classes, run

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transferkit.core.devices import pick_device
 from transferkit.core.progress import log
 from transferkit.core.safeio import atomic_write, write_json_atomic
-from transferkit.data.specs import load_data
+from transferkit.data.specs import ignored_note, load_data
 from transferkit.engine.batches import Batches
 from transferkit.engine.optim import amp_dtype, autocast_for, make_optimizer
 from transferkit.models.freeze import param_groups, train_mode
@@ -171,6 +171,8 @@ def find_lr(cfg, progress=None, **sweep) -> LRFinding:
     device = pick_device(cfg.device)
     autocast = autocast_for(amp_dtype(device, cfg.amp))
     splits = limit_training_images(load_data(cfg.data, cfg.seed), cfg)  # the same images train would see
+    if note := ignored_note(splits):
+        log(note)
     tm = create_model(cfg.model, len(splits.classes), cfg.weights, cfg.head)
     # the sweep only ever sees training images
     prepared = training_path(cfg, tm, {"train": splits.train}, device, autocast, progress)

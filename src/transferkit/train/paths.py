@@ -15,7 +15,7 @@ import torch
 from transferkit.core.devices import uses_convolutions
 from transferkit.data.transforms import Preprocess, prepare, random_flip
 from transferkit.engine.feature_cache import build_features, cache_key, default_cache_dir
-from transferkit.models.cut import split_is_exact
+from transferkit.models.cut import front_sha256, split_is_exact
 from transferkit.models.plugins import model_code_sha256
 
 
@@ -63,14 +63,13 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
     if channels_last:
         front = front.to(memory_format=torch.channels_last)
     root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    key_parts = {"backbone": tm.info.name, "weights_sha256": tm.info.weights_sha256, "weights": tm.info.weights,
-                 "cut": plan.cut, "pre": pre.key(),
-                 # exactly what the front computes: module paths and functional steps, in order
-                 "front": front.tokens}
+    # The key names what the front computes: its own tensors (not the weights the run claims to
+    # have loaded: a cache filled by other weights would silently train on wrong features), its
+    # module paths and functional steps in order, and settings such as Inception's transform_input.
+    key_parts = {"backbone": tm.info.name, "front_sha256": front_sha256(tm.net, front, tm.layout.heads),
+                 "arch": tm.info.arch, "cut": plan.cut, "pre": pre.key(), "front": front.tokens}
     if code := model_code_sha256(tm.info.name):  # a user's edited model file is another model
         key_parts["code"] = code
-    if tm.info.weights == "none":  # random weights differ by seed
-        key_parts["seed"] = cfg.seed
     features, built, size = {}, 0, 0
     for name, imageset in sets.items():
         key = cache_key(dict(key_parts, data=imageset.fingerprint()))

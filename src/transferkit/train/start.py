@@ -15,14 +15,15 @@ from transferkit.core import distributed as dist
 from transferkit.core.config import TrainConfig, resume_config
 from transferkit.core.errors import UserError
 from transferkit.core.progress import log, make_progress
-from transferkit.data.specs import DataSplits, load_data
+from transferkit.data.specs import DataSplits, ignored_note, load_data
 from transferkit.engine import checkpoint as ckpt
 from transferkit.engine.ddp import ddp
 from transferkit.engine.optim import amp_dtype, autocast_for
 from transferkit.models.family import BackboneInfo
 from transferkit.models.plugins import copy_plugin_into_run
-from transferkit.models.transfer import TransferModel, create_model
+from transferkit.models.transfer import TransferModel, create_model, rebuild_model
 from transferkit.models.usercode import copy_into_run, is_user_spec, resolve_run_code
+from transferkit.models.weights import load_exactly
 from transferkit.runs.tblog import open_log
 from transferkit.train.setup import (
     Prepared,
@@ -77,6 +78,8 @@ def start(cfg: TrainConfig, splits: DataSplits | None = None) -> Start:
     seed_everything(cfg.seed)
     precision = amp_dtype(device, cfg.amp)
     splits = limit_training_images(splits if splits is not None else load_data(cfg.data, cfg.seed), cfg)
+    if note := ignored_note(splits):
+        log(note)
     tm, specs = _model(cfg, splits, run_dir, resume_state)
     sets = {n: s for n, s in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if s is not None}
     autocast = autocast_for(precision)
@@ -104,7 +107,8 @@ def _model(cfg: TrainConfig, splits: DataSplits, run_dir: Path, resume_state: di
     # The run's own copies of the user's files (and plugin), as stored when it started.
     specs = {"model": resume_state["model_spec"], "head": resume_state["head_spec"], "plugin": resume_state.get("plugin")}
     model_file, head_file = resolve_run_code(run_dir, specs["model"], specs["head"], specs["plugin"])
-    tm = create_model(model_file, len(splits.classes), "none", head_file)
-    tm.info = BackboneInfo.from_json({**resume_state["backbone"], "name": model_file})
-    tm.net.load_state_dict(resume_state["model"])
+    # The architecture as the run built it (BackboneInfo.arch included), then the checkpoint's weights.
+    tm = rebuild_model(BackboneInfo.from_json({**resume_state["backbone"], "name": model_file}), len(splits.classes),
+                       head_file)
+    load_exactly(tm.net, resume_state["model"], f"--resume: the checkpoint does not fit {model_file}")
     return tm, specs
