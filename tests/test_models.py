@@ -155,7 +155,7 @@ def test_google_weights_get_their_input_conversion_also_when_the_run_is_rebuilt(
     from transferkit.models.transfer import rebuild_model
 
     # No download: the model's own random weights stand in for ImageNet's.
-    monkeypatch.setattr(GoogleInputFamily, "imagenet_weights", lambda self, n, model: (model.state_dict(), "test", "0" * 64))
+    monkeypatch.setattr(GoogleInputFamily, "pretrained_weights", lambda self, n, model, variant: (model.state_dict(), "test", "0" * 64))
     rebuilt = lambda info: rebuild_model(BackboneInfo.from_json(info), 3, "linear").net.transform_input  # noqa: E731
     net, info = create_backbone(name, "imagenet")
     assert net.transform_input is True and info.arch == {"transform_input": True}
