@@ -55,9 +55,10 @@ def _library_names(run: dict) -> dict:
     except UserError:  # a plugin's name that is not registered in this process: nothing to promise
         return {}
     if "torchvision" in names and (arch := run["backbone"].get("arch")):
-        # Settings the weights needed (Inception's transform_input) are constructor arguments too.
+        # Settings the weights needed (Inception's transform_input) are constructor arguments too;
+        # those left at False are torchvision's defaults and need no mention.
         name, kwargs = names["torchvision"]
-        names["torchvision"] = (name, {**kwargs, **arch})
+        names["torchvision"] = (name, {**kwargs, **{k: v for k, v in arch.items() if v}})
     return names
 
 
