@@ -23,12 +23,12 @@ from transferkit.core.config import TrainConfig
 from transferkit.core.devices import pick_device
 from transferkit.core.errors import UserError
 from transferkit.data.pyobjects import dataset_splits, evaluation_splits, fit_size, stack, to_uint8_chw
-from transferkit.data.transforms import prepare
-from transferkit.deploy.predict import collect_images, predict_images, top_predictions
-from transferkit.models.outputs import split_outputs
+from transferkit.data.tta import parse_tta, tta_views
+from transferkit.deploy.backends import load_backend
+from transferkit.deploy.predict import collect_images, image_probabilities, predict_images, top_predictions
 from transferkit.models.transfer import create_model as _create
 from transferkit.runs.evaluate import evaluate_run
-from transferkit.runs.rundir import load_run, read_run
+from transferkit.runs.rundir import read_run
 from transferkit.train.trainer import train
 
 
@@ -66,18 +66,20 @@ def fit(data, model: str = "efficientnet_lite0", *, val=None, test=None, **setti
     return train(_config(splits.spec, model, settings), splits=splits)
 
 
-def evaluate(run_dir: str | Path, data=None, split: str = "test", *, device: str = "auto") -> dict:
-    """Scores of a run (top1, top5, loss, n, per_class, confusion_matrix, ece) on ``split`` of its own
-    data, of another data SPEC, or of a Dataset (scored whole)."""
+def evaluate(run_dir: str | Path, data=None, split: str = "test", *, device: str = "auto", tta: str | None = None) -> dict:
+    """Scores of a run (top1, top5, balanced_accuracy, macro_f1, loss, nll, n, per_class, confusion_matrix,
+    ece, ece_uncalibrated, temperature) on ``split`` of its own data, of another data SPEC, or of a
+    Dataset (scored whole); ``tta="flip"`` (or ``crops``, ``flip,crops``) averages test-time views."""
     if data is None and read_run(run_dir)["config"]["data"].startswith("python:"):
         raise UserError(f"{run_dir} was trained on a Python Dataset; pass it (or another) as evaluate(..., data=...)")
     if data is None or isinstance(data, (str, Path)):
-        return evaluate_run(str(run_dir), str(data) if data is not None else None, split, device)
-    return evaluate_run(str(run_dir), None, split, device, splits=evaluation_splits(data, split))
+        return evaluate_run(str(run_dir), str(data) if data is not None else None, split, device, tta=tta)
+    return evaluate_run(str(run_dir), None, split, device, splits=evaluation_splits(data, split), tta=tta)
 
 
-def predict(run_dir: str | Path, images, topk: int = 5, *, device: str = "auto") -> list[dict]:
-    """Top-``topk`` ``{"label", "index", "prob"}`` per image, best first.
+def predict(run_dir: str | Path, images, topk: int = 5, *, device: str = "auto", tta: str | None = None) -> list[dict]:
+    """Top-``topk`` ``{"label", "index", "prob"}`` per image, best first; probabilities through the run's
+    temperature, averaged over test-time views with ``tta="flip"`` (or ``crops``, ``flip,crops``).
 
     ``images``: a path or folder, or a list of paths, folders, PIL images and tensors. Each entry
     of the result has ``"path"`` (files) or ``"image"`` (its position in ``images``), and
@@ -86,17 +88,19 @@ def predict(run_dir: str | Path, images, topk: int = 5, *, device: str = "auto")
     if topk < 1:
         raise UserError("topk must be at least 1")
     items = [images] if isinstance(images, (str, Path)) or not isinstance(images, (list, tuple)) else list(images)
-    tm, pre, classes, _ = load_run(run_dir)
+    views = parse_tta(tta)
+    predictor = load_backend(run_dir, "torch")
     dev = pick_device(device)
-    net = tm.net.to(dev).eval()
+    predictor.module.to(dev)
+    pre, classes = predictor.pre, predictor.classes
     results = []
     for position, item in enumerate(items):
         if isinstance(item, (str, Path)):
-            results += predict_images(net, pre, classes, collect_images([str(item)]), topk, device=dev)
+            results += predict_images(predictor, collect_images([str(item)]), topk, device=dev, tta=views)
             continue
         where = f"images[{position}]"
-        x = prepare(stack([fit_size(to_uint8_chw(item, where), pre.size, pre.interpolation, where)]), pre, dev)
+        raw = stack([fit_size(to_uint8_chw(item, where), pre.size, pre.interpolation, where)])
         with torch.inference_mode():
-            probs = split_outputs(net(x))[0].float().softmax(1)[0].cpu()
-        results.append({"image": position, "predictions": top_predictions(probs, classes, topk)})
+            probs, ranking = image_probabilities(predictor.module, raw, pre, dev, predictor.temperature, tta_views(views))
+        results.append({"image": position, "predictions": top_predictions(probs[0], classes, topk, ranking[0])})
     return results

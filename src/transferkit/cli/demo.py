@@ -18,8 +18,8 @@ from PIL import Image
 from transferkit.core.config import TrainConfig
 from transferkit.core.errors import UserError
 from transferkit.data.specs import load_data
+from transferkit.deploy.backends import load_backend
 from transferkit.deploy.predict import predict_images
-from transferkit.runs.rundir import load_run
 from transferkit.train.trainer import train
 
 RECIPE = {
@@ -65,9 +65,8 @@ def run_demo(out: str, epochs: int | None = None, quiet: bool = False) -> int:
     result = train(TrainConfig(**recipe, out=str(run_dir), quiet=quiet).validate())
     seconds = time.perf_counter() - start
     m = result["metrics"]
-    tm, pre, classes, _ = load_run(run_dir)
     samples = _save_samples(run_dir, recipe["data"])
-    predictions = predict_images(tm.net, pre, classes, [p for p, _ in samples], topk=3)
+    predictions = predict_images(load_backend(run_dir), [p for p, _ in samples], topk=3)
     print("\npredictions on test images saved as files:")
     for (path, truth), pred in zip(samples, predictions):
         best = pred["predictions"][0]

@@ -15,6 +15,10 @@ TRUSTED_RUN = ("a run directory. A run trained on your own model, head or plugin
 PLUGIN_HELP = ("import FILE.py first; it may register backbones with @transferkit.register_backbone('name'). "
                "This runs FILE.py's code: only use plugins you trust")
 
+TTA_HELP = ("test-time augmentation: flip | crops | flip,crops (the four corner crops of 7/8 of the side; "
+            "flip mirrors every view); the views' calibrated probabilities are averaged. Off by default: "
+            "it costs one forward pass per view (see benchmarks/RESULTS.md for what it gains)")
+
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line naming the problem (still exit status 2)."""
@@ -93,6 +97,7 @@ def _eval(sub):
     p.add_argument("--report", metavar="OUT.html",
                    help="also write the run's report, scored on this data and split, to OUT.html")
     p.add_argument("--skip-bad", action="store_true", help="drop unreadable images (and say how many) instead of stopping")
+    p.add_argument("--tta", default="none", metavar="VIEWS", help=TTA_HELP)
     p.set_defaults(module="eval")
 
 
@@ -108,7 +113,8 @@ def _report(sub):
 
 
 def _predict(sub):
-    p = add_command(sub, "predict", "top-k classes with probabilities for images (files or folders, walked recursively)",
+    p = add_command(sub, "predict", "top-k classes with calibrated probabilities for images (files or folders, walked "
+                    "recursively)",
                     "transferkit predict runs/pets photo.jpg more_photos/ --topk 5\n"
                     "  transferkit predict --model efficientnet_lite0 photo.jpg   # ImageNet classes\n"
                     "  transferkit predict --model mobilenet_v2 --weights IMAGENET1K_V1 photo.jpg")
@@ -120,6 +126,7 @@ def _predict(sub):
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", choices=("torch", "onnx", "torchscript"), default="torch",
                    help="torch: the run's weights; onnx/torchscript: the file `transferkit export` wrote (CPU)")
+    p.add_argument("--tta", default="none", metavar="VIEWS", help=TTA_HELP)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(module="predict")
 

@@ -2,7 +2,8 @@
 from transferkit.core.devices import pick_device
 from transferkit.core.errors import UserError
 from transferkit.core.progress import make_progress
-from transferkit.deploy.backends import load_exported, load_predictor
+from transferkit.data.tta import parse_tta
+from transferkit.deploy.backends import load_backend, load_pretrained
 from transferkit.deploy.predict import collect_images, format_predictions, is_run_dir, predict_images
 
 
@@ -20,14 +21,12 @@ def run(args) -> int:
         raise UserError(f"--backend {args.backend} predicts with an exported run; give RUN_DIR instead of --model")
     if args.topk < 1:
         raise UserError("--topk must be at least 1")
+    tta = parse_tta(args.tta)
     paths = collect_images(inputs)
-    if args.backend == "torch":
-        net, pre, classes = load_predictor(run_dir, args.model, args.weights or "imagenet")
-        device = pick_device(args.device)
-    else:
-        net, pre, classes = load_exported(run_dir, args.backend)
-        device = "cpu"  # the exported file runs where its runtime runs: the CPU here
-    results = predict_images(net.to(device), pre, classes, paths, args.topk, device=device,
-                             progress=make_progress(args.quiet))
+    predictor = load_backend(run_dir, args.backend) if run_dir else load_pretrained(args.model, args.weights or "imagenet")
+    # the exported file runs where its runtime runs: the CPU here
+    device = pick_device(args.device) if args.backend == "torch" else "cpu"
+    predictor.module.to(device)
+    results = predict_images(predictor, paths, args.topk, device=device, progress=make_progress(args.quiet), tta=tta)
     print(format_predictions(results, args.format))
     return 1 if any("error" in r for r in results) else 0

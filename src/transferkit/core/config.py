@@ -19,7 +19,8 @@ def opt(default, help: str, **extra):
 class TrainConfig:
     data: str = opt(None, "data SPEC: a folder (root/<class>/<img> or root/train|val|test/...), a CSV of path,label, "
                           "a .parquet file or folder in the Hugging Face Hub's layout (columns named by "
-                          "PATH:image=COL,label=COL when not found), or fashion-mnist | cifar10 | digits")
+                          "PATH:image=COL,label=COL when not found), or fashion-mnist | cifar10 | digits | "
+                          "animal-shapes | mnist-5k | lfw-faces")
     model: str = opt("efficientnet_lite0", "backbone: a torchvision name (resnet18), timm/NAME, efficientnet_lite0..2, "
                                            "hub:owner/repo:entry, a name registered by a --plugin, or your own "
                                            "path/file.py:Class, built as Class(num_classes=N), its last nn.Linear the "
@@ -31,9 +32,13 @@ class TrainConfig:
     freeze: str = opt("backbone", "none | backbone (train the head only) | N (freeze the first N stages) | "
                                   "name,name (module prefixes). Frozen parts keep BatchNorm in eval mode: "
                                   "running statistics are used and never updated")
-    head: str = opt("linear", "linear | mlp:512[,256][,dropout=0.2][,bn] | path/file.py:Class, your nn.Module built as "
-                              "Class(in_features, num_classes); copied into the run and run again whenever the run is "
-                              "loaded: use trusted code only")
+    head: str = opt("linear", "linear | mlp:512[,256][,dropout=0.2][,bn] | prototype (nearest class mean of centred, "
+                              "L2-normalised features; no gradient steps) | knn:K (K nearest training images vote) | "
+                              "path/file.py:Class, your nn.Module built as Class(in_features, num_classes); copied into "
+                              "the run and run again whenever the run is loaded: use trusted code only")
+    recipe: str = opt("standard", "standard | lpft (linear probe, then fine-tune: fit the head to convergence on the "
+                                  "frozen features first, then train what --freeze leaves trainable from there; "
+                                  "give --freeze N or none and a small --lr)", choices=("standard", "lpft"))
     epochs: int = opt(10, "passes over the training split")
     lr: str = opt("1e-3", "peak learning rate of the head (a float, or 'auto' to run the range test first)")
     backbone_lr_scale: float = opt(0.1, "unfrozen backbone layers train at lr * this (1 with --weights none: "
@@ -47,6 +52,14 @@ class TrainConfig:
     image_size: int = opt(0, "input size in pixels; 0 uses the backbone's own")
     augment: str = opt("none", "none | flip (random horizontal flips; disables the feature cache)",
                        choices=("none", "flip"))
+    shots: int = opt(0, "few-shot: only K training images per class (chosen by --seed; 0: all)")
+    class_weights: str = opt("none", "none | balanced (weight each image's loss by n / (classes x its class's count): "
+                                     "rare classes count as much as common ones)", choices=("none", "balanced"))
+    sampler: str = opt("shuffle", "shuffle | balanced (draw each batch's images class-uniformly, with replacement; "
+                                  "an epoch is still one training split's worth of images)",
+                       choices=("shuffle", "balanced"))
+    calibrate: bool = opt(True, "fit a temperature on the validation split after training, so that probabilities "
+                                "match accuracy (--no-calibrate: T = 1)")
     train_limit: int = opt(0, "use only this many training images (a stratified sample by --seed; 0: all), "
                               "for quick experiments")
     seed: int = opt(0, "seed for splits, initialisation and data order; a CPU run repeats exactly")
@@ -66,12 +79,14 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         if not self.data:
-            raise UserError("--data is required: a folder, a CSV, or fashion-mnist | cifar10 | digits")
+            raise UserError("--data is required: a folder, a CSV, or a built-in name such as fashion-mnist or digits")
         for name in ("epochs", "accumulate"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.image_size < 0 or self.max_pixels < 1 or self.checkpoint_every < 0 or self.train_limit < 0:
-            raise UserError("--image-size, --max-pixels, --checkpoint-every and --train-limit must not be negative")
+        if min(self.image_size, self.checkpoint_every, self.train_limit, self.shots) < 0 or self.max_pixels < 1:
+            raise UserError("--image-size, --max-pixels, --checkpoint-every, --train-limit and --shots must not be negative")
+        if self.shots and self.train_limit:
+            raise UserError("--shots and --train-limit both choose training images: give one of them")
         if self.batch_size != "auto" and not (str(self.batch_size).isdigit() and int(self.batch_size) > 0):
             raise UserError(f"--batch-size must be a positive integer or 'auto', got '{self.batch_size}'")
         if str(self.lr) != "auto":

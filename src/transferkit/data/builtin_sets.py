@@ -4,6 +4,8 @@
   package when installed, else from the transferkit data cache, else downloaded there.
 - ``cifar10``: official 50,000/10,000 split via torchvision (download needs a network).
 - ``digits``: scikit-learn's 1,797 8x8 digits, fixed stratified 80/20 train/test split.
+- ``animal-shapes``, ``mnist-5k``, ``lfw-faces``: real sets shipped inside PyPI packages
+  (``pip install 'transferkit[data]'``), see package_sets.py.
 """
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ import numpy as np
 import torch
 
 from transferkit.core.errors import UserError
+from transferkit.data import package_sets
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 DEBIAN_FASHION_DIR = "/usr/share/datasets/fashion-mnist"  # where the Debian package installs it
-BUILTINS = ("fashion-mnist", "cifar10", "digits")
+BUILTINS = ("fashion-mnist", "cifar10", "digits", *package_sets.LOADERS)
 
 
 def data_root() -> Path:
@@ -94,4 +97,4 @@ def load_digits():
     return pair(tr), pair(te), [str(d) for d in range(10)]
 
 
-LOADERS = {"fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10, "digits": load_digits}
+LOADERS = {"fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10, "digits": load_digits, **package_sets.LOADERS}

@@ -78,7 +78,8 @@ def check_data(spec: str, max_pixels: int | None = None) -> dict:
         report["warnings"].append("a class has no training images")
     elif train_counts and max(train_counts) / min(train_counts) > IMBALANCE_WARN:
         report["warnings"].append(f"class imbalance: largest/smallest training class = "
-                                  f"{max(train_counts) / min(train_counts):.1f}")
+                                  f"{max(train_counts) / min(train_counts):.1f}; consider train --class-weights balanced "
+                                  "or --sampler balanced, and judge by balanced accuracy and macro-F1 (eval shows both)")
     unread = [f for f in report["ignored_folders"] if f["images"]]
     report["clean"] = not report["bad_files"] and not report["cross_split_duplicates"] and not unread
     return report

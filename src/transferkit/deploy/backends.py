@@ -1,22 +1,37 @@
 """Which network answers ``predict`` and ``serve``: the run's own PyTorch model, its exported file,
 or a pretrained ImageNet model by name. Every backend is an ``nn.Module`` taking preprocessed
-``(N, 3, S, S)`` float32 and returning logits, so the callers treat them alike."""
+``(N, 3, S, S)`` float32 and returning logits, so the callers treat them alike; the temperature
+that turns those logits into calibrated probabilities comes with it (run.json, or the exported
+file's metadata)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from torch import nn
 
 from transferkit.core.errors import UserError
 from transferkit.core.safeio import sha256_file
 from transferkit.data.transforms import Preprocess
 from transferkit.models.outputs import Logits
 from transferkit.models.registry import create_backbone
+from transferkit.runs.calibration import run_temperature
 from transferkit.runs.rundir import load_run, read_run
 from transferkit.runtimes.exported import export_paths, open_exported
 
 
-def load_exported(run_dir: str | Path, fmt: str):
-    """``(module, Preprocess, classes)`` from ``RUN_DIR/model.<fmt>``, checked against the run's weights."""
-    read_run(run_dir)  # a clear error when run_dir is not a run
+@dataclass
+class Predictor:
+    module: nn.Module          # preprocessed (N, 3, S, S) float32 -> logits, in eval mode
+    pre: Preprocess
+    classes: list
+    run: dict = field(default_factory=dict)  # run.json; empty for a pretrained ImageNet model
+    temperature: float = 1.0   # probabilities = softmax(logits / temperature)
+
+
+def load_exported(run_dir: str | Path, fmt: str) -> Predictor:
+    """``RUN_DIR/model.<fmt>``, checked against the run's weights, with the temperature its metadata carries."""
+    run = read_run(run_dir)  # a clear error when run_dir is not a run
     path, _sidecar = export_paths(run_dir, fmt)
     again = f"`transferkit export {run_dir} --format {fmt}`"
     if not path.is_file():
@@ -27,26 +42,24 @@ def load_exported(run_dir: str | Path, fmt: str):
     weights = Path(run_dir) / "model.safetensors"
     if weights.is_file() and meta.get("weights_sha256") not in (None, sha256_file(weights)):
         raise UserError(f"{path} was exported from other weights than {weights.name}; run {again} again")
-    return module, Preprocess.from_json(meta["preprocess"]), list(meta["classes"])
+    # Exports written before calibration existed carry no temperature: the run's own applies.
+    temperature = run_temperature(meta) if meta.get("calibration") else run_temperature(run)
+    return Predictor(module, Preprocess.from_json(meta["preprocess"]), list(meta["classes"]), run, temperature)
 
 
-def load_backend(run_dir: str | Path, backend: str = "torch"):
-    """``(module, Preprocess, classes, run)`` for the chosen backend, ready for inference."""
+def load_backend(run_dir: str | Path, backend: str = "torch") -> Predictor:
+    """The run's model on the chosen backend, ready for inference."""
     if backend == "torch":
         tm, pre, classes, run = load_run(run_dir)
-        return Logits(tm.net).eval(), pre, classes, run
-    module, pre, classes = load_exported(run_dir, backend)
-    return module, pre, classes, read_run(run_dir)
+        return Predictor(Logits(tm.net).eval(), pre, classes, run, run_temperature(run))
+    return load_exported(run_dir, backend)
 
 
-def load_predictor(run_dir: str | None, model: str | None, weights: str = "imagenet"):
-    """``(net, preprocess, classes)`` from a run dir, or a pretrained model by name (``weights``:
+def load_pretrained(model: str, weights: str = "imagenet") -> Predictor:
+    """A pretrained backbone with its own head and class names (``predict --model NAME``; ``weights``:
     imagenet, a weight name such as IMAGENET1K_V1 or timm/resnet50.a1_in1k, or a file)."""
-    if run_dir:
-        tm, pre, classes, _ = load_run(run_dir)
-        return tm.net, pre, classes
     net, info = create_backbone(model, weights)
     if not info.imagenet_classes:
         raise UserError(f"{model} with --weights {weights} has no class names to predict with; give "
                         "imagenet or a weight name of the model")
-    return net.eval(), info.preprocess(), info.imagenet_classes
+    return Predictor(Logits(net).eval(), info.preprocess(), info.imagenet_classes)

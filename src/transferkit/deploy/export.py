@@ -1,9 +1,10 @@
 """``transferkit export``: the run's model as ONNX or TorchScript, checked against PyTorch.
 
 The exported model takes a batch of *preprocessed* images, ``(N, 3, S, S)`` float32 with any
-N, and returns logits. Preprocessing (size, mean, std, interpolation) and the class names travel
-inside the file (ONNX ``metadata_props``, TorchScript extra files) and in a sidecar JSON beside
-it, so a consumer in another language knows what to feed it.
+N, and returns raw logits. Preprocessing (size, mean, std, interpolation), the class names and the
+run's calibration temperature (probabilities = softmax(logits / T)) travel inside the file (ONNX
+``metadata_props``, TorchScript extra files) and in a sidecar JSON beside it, so a consumer in
+another language knows what to feed it and how to read what comes out.
 
 An export is only kept if it agrees with PyTorch: it is run on a handful of real images from
 the run's data (random inputs when the data is gone) and the largest absolute logit difference
@@ -27,6 +28,7 @@ from transferkit.data.imagesets import decode_splits
 from transferkit.data.specs import load_data
 from transferkit.data.transforms import prepare
 from transferkit.models.outputs import Logits
+from transferkit.runs.calibration import run_temperature
 from transferkit.runs.rundir import load_run
 from transferkit.runtimes.exported import META_KEY, export_paths, open_exported
 
@@ -84,8 +86,10 @@ def metadata(run: dict, pre, classes: list[str], weights_sha256: str) -> dict:
         "format": 1,
         "input": {"name": INPUT_NAME, "shape": ["N", 3, pre.size, pre.size], "dtype": "float32",
                   "layout": "NCHW, RGB, normalised: (pixel/255 - mean) / std"},
-        "output": {"name": OUTPUT_NAME, "shape": ["N", len(classes)], "meaning": "logits; softmax gives probabilities"},
+        "output": {"name": OUTPUT_NAME, "shape": ["N", len(classes)],
+                   "meaning": "logits; softmax(logits / calibration.temperature) gives calibrated probabilities"},
         "classes": list(classes),
+        "calibration": {"temperature": run_temperature(run)},
         "preprocess": pre.to_json(),
         "model": run["model"],
         "backbone": run.get("backbone", {}).get("name", run["model"]["name"]),
@@ -110,7 +114,7 @@ def _write_onnx(module: nn.Module, example: torch.Tensor, path: str, opset: int,
                           do_constant_folding=True)
     model = onnx.load_from_string(buffer.getvalue())
     entries = {META_KEY: json.dumps(meta), "classes": json.dumps(meta["classes"]),
-               "preprocess": json.dumps(meta["preprocess"])}
+               "preprocess": json.dumps(meta["preprocess"]), "temperature": repr(meta["calibration"]["temperature"])}
     for key, value in entries.items():
         model.metadata_props.add(key=key, value=value)
     model.producer_name = "transferkit"

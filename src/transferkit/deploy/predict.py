@@ -1,4 +1,4 @@
-"""``transferkit predict``: top-k labels with probabilities for image files and folders."""
+"""``transferkit predict``: top-k labels with calibrated probabilities for image files and folders."""
 from __future__ import annotations
 
 import csv
@@ -13,13 +13,28 @@ import torch
 from transferkit.core.errors import UserError
 from transferkit.data.images import DEFAULT_MAX_PIXELS, BadImage, is_image_file, load_uint8
 from transferkit.data.transforms import prepare
+from transferkit.data.tta import tta_views
+from transferkit.deploy.backends import Predictor
 from transferkit.models.outputs import split_outputs
+from transferkit.runs.calibration import average_probabilities, probabilities
 
 
-def top_predictions(probs: torch.Tensor, classes: list[str], k: int) -> list[dict]:
-    """The ``k`` most likely classes of one probability row, best first: ``{"label", "index", "prob"}``."""
-    values, indices = probs.topk(min(k, len(classes)))
-    return [{"label": classes[i], "index": i, "prob": round(v, 6)} for v, i in zip(values.tolist(), indices.tolist())]
+def top_predictions(probs: torch.Tensor, classes: list[str], k: int, ranking: torch.Tensor | None = None) -> list[dict]:
+    """The ``k`` most likely classes of one probability row, best first: ``{"label", "index", "prob"}``.
+    ``ranking`` (the row's logits) orders them exactly where the temperature rounded two probabilities alike."""
+    indices = (probs if ranking is None else ranking).topk(min(k, len(classes))).indices.tolist()
+    return [{"label": classes[i], "index": i, "prob": round(float(probs[i]), 6)} for i in indices]
+
+
+def image_probabilities(module, raw: torch.Tensor, pre, device, temperature: float = 1.0, views=None):
+    """``(probabilities, ranking)`` of a uint8 batch: through the temperature, averaged over the
+    test-time views when there are several (then the average also ranks)."""
+    views = views or tta_views(())
+    logits = [split_outputs(module(prepare(view(raw), pre, device)))[0].float().cpu() for view in views]
+    if len(logits) == 1:
+        return probabilities(logits[0], temperature), logits[0]
+    probs = average_probabilities(logits, temperature)
+    return probs, probs
 
 
 def collect_images(inputs: list[str]) -> list[str]:
@@ -40,10 +55,13 @@ def collect_images(inputs: list[str]) -> list[str]:
 
 
 @torch.inference_mode()
-def predict_images(net, pre, classes: list[str], paths: list[str], topk: int = 5, batch_size: int = 32,
-                   device: str | torch.device = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS, progress=None) -> list[dict]:
-    """One entry per path: ``{"path", "predictions": [{"label", "index", "prob"}]}`` or ``{"path", "error"}``."""
-    net.eval()
+def predict_images(predictor: Predictor, paths: list[str], topk: int = 5, batch_size: int = 32,
+                   device: str | torch.device = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS, progress=None,
+                   tta: tuple = ()) -> list[dict]:
+    """One entry per path: ``{"path", "predictions": [{"label", "index", "prob"}]}`` or ``{"path", "error"}``;
+    ``tta``: the test-time views to average (see data/tta.py)."""
+    net, pre, classes = predictor.module.eval(), predictor.pre, predictor.classes
+    views = tta_views(tuple(tta))
     k = min(topk, len(classes))
     results = []
     bar = progress(total=len(paths), desc="predicting", unit="img") if progress and len(paths) > batch_size else None
@@ -56,10 +74,10 @@ def predict_images(net, pre, classes: list[str], paths: list[str], topk: int = 5
             except BadImage as bad:
                 results.append({"path": path, "error": bad.reason})
         if arrays:
-            x = prepare(torch.from_numpy(np.stack(arrays)), pre, device)
-            probs = split_outputs(net(x))[0].float().softmax(1).cpu()
-            for entry, row in zip(entries, probs):
-                entry["predictions"] = top_predictions(row, classes, k)
+            probs, ranking = image_probabilities(net, torch.from_numpy(np.stack(arrays)), pre, device,
+                                                 predictor.temperature, views)
+            for entry, row, order in zip(entries, probs, ranking):
+                entry["predictions"] = top_predictions(row, classes, k, order)
                 results.append(entry)
         if bar:
             bar.update(len(chunk))

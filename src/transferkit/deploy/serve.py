@@ -29,10 +29,9 @@ import torch
 
 from transferkit.core.errors import UserError
 from transferkit.data.images import BadImage, load_uint8
-from transferkit.data.transforms import prepare
 from transferkit.deploy.backends import load_backend
 from transferkit.deploy.batcher import DynamicBatcher, Overloaded
-from transferkit.deploy.predict import top_predictions
+from transferkit.deploy.predict import image_probabilities, top_predictions
 from transferkit.deploy.serve_page import page_html
 
 log = logging.getLogger("transferkit.serve")
@@ -64,31 +63,35 @@ class _BodyTooLarge(Exception):
 class Service:
     """The loaded model and what it needs to answer requests."""
 
-    def __init__(self, module, pre, classes: list[str], run: dict, backend: str, run_name: str):
+    def __init__(self, module, pre, classes: list[str], run: dict, backend: str, run_name: str, temperature: float = 1.0):
         self.module, self.pre, self.classes, self.run = module.eval(), pre, list(classes), run
-        self.backend, self.run_name = backend, run_name
+        self.backend, self.run_name, self.temperature = backend, run_name, temperature
         self.model_name = run.get("model", {}).get("name", "model")
 
     @classmethod
     def from_run(cls, run_dir: str | Path, backend: str = "torch") -> "Service":
-        module, pre, classes, run = load_backend(run_dir, backend)
-        return cls(module, pre, classes, run, backend, Path(run_dir).resolve().name)
+        p = load_backend(run_dir, backend)
+        return cls(p.module, p.pre, p.classes, p.run, backend, Path(run_dir).resolve().name, p.temperature)
 
     def decode(self, data: bytes, max_pixels: int) -> np.ndarray:
         """Bytes -> ``(3, S, S)`` uint8, by the same rules as training (raises BadImage)."""
         return load_uint8(io.BytesIO(data), self.pre.size, self.pre.interpolation, max_pixels)
 
-    def forward(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
-        """One forward pass over a batch (runs in the batcher's thread): a probability row per image."""
+    def forward(self, arrays: list[np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One forward pass over a batch (runs in the batcher's thread): (calibrated probabilities,
+        logits that rank them) per image."""
         with torch.inference_mode():  # grad mode is per thread: set it here, not at start-up
-            x = prepare(torch.from_numpy(np.stack(arrays)), self.pre)
-            return list(self.module(x).float().softmax(1))
+            probs, ranking = image_probabilities(self.module, torch.from_numpy(np.stack(arrays)), self.pre, "cpu",
+                                                 self.temperature)
+            return list(zip(probs, ranking))
 
     def metadata(self, settings: ServeSettings) -> dict:
         backbone = {k: v for k, v in self.run.get("backbone", {}).items() if k != "weights_source"}  # may hold paths
         return {"run": self.run_name, "model": self.model_name, "backend": self.backend,
                 "head": self.run.get("model", {}).get("head"), "classes": self.classes,
                 "num_classes": len(self.classes), "backbone": backbone, "preprocess": self.pre.to_json(),
+                "calibration": {"temperature": self.temperature,
+                                "meaning": "probabilities are softmax(logits / temperature)"},
                 "metrics": self.run.get("metrics"), "created": self.run.get("created"),
                 "limits": {"max_bytes": settings.max_bytes, "max_pixels": settings.max_pixels,
                            "timeout_s": settings.timeout, "max_batch": settings.max_batch}}
@@ -205,10 +208,10 @@ def create_app(service: Service, settings: ServeSettings | None = None):
         finally:
             del data
         try:
-            probs = await batcher.submit(array)
+            probs, ranking = await batcher.submit(array)
         except Overloaded:
             raise Refuse(503, "server busy: too many requests waiting; retry shortly", {"Retry-After": "1"}) from None
-        return {"predictions": top_predictions(probs, service.classes, topk), "model": service.model_name,
+        return {"predictions": top_predictions(probs, service.classes, topk, ranking), "model": service.model_name,
                 "ms": round((time.perf_counter() - start) * 1000, 2)}
 
     @app.post("/predict")

@@ -21,6 +21,15 @@ def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 31 + salt)
 
 
+def balanced_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """As many indices as labels, each image drawn with probability 1 / (classes x its class's count):
+    every class as likely as any other, rare images repeated, common ones left out (fastai's and
+    torch's WeightedRandomSampler idea), from the same (seed, epoch) generator as a shuffle."""
+    counts = torch.bincount(labels.long())
+    weights = 1.0 / counts[labels.long()].double()
+    return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
+
+
 @dataclass
 class Batches:
     """Index batches over a source that has ``labels`` and ``batch(index)``.
@@ -36,6 +45,7 @@ class Batches:
     seed: int = 0
     rank: int = 0
     world: int = 1
+    balanced: bool = False  # --sampler balanced (with shuffle): classes drawn uniformly, with replacement
 
     def __len__(self) -> int:
         n = len(self.source.labels)
@@ -47,7 +57,11 @@ class Batches:
 
     def order(self, epoch: int) -> torch.Tensor:
         n = len(self.source.labels)
-        return torch.randperm(n, generator=epoch_generator(self.seed, epoch)) if self.shuffle else torch.arange(n)
+        if not self.shuffle:
+            return torch.arange(n)
+        if self.balanced:
+            return balanced_order(self.source.labels, epoch_generator(self.seed, epoch))
+        return torch.randperm(n, generator=epoch_generator(self.seed, epoch))
 
     def size(self, b: int) -> int:
         """Images in global batch ``b`` (all processes together)."""

@@ -40,10 +40,28 @@ class StepState:
     sums: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "n": 0})
 
 
+def balanced_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``--class-weights balanced``: n / (classes x count) per class (scikit-learn's "balanced"), so that
+    every class weighs as much in the loss as if the data were balanced; the mean weight per image is 1."""
+    counts = torch.bincount(labels.long(), minlength=num_classes).double()
+    present = int((counts > 0).sum())
+    return torch.where(counts > 0, len(labels) / (present * counts.clamp(min=1)), torch.zeros_like(counts)).float()
+
+
+def classification_loss(logits, y, label_smoothing: float, class_weights: torch.Tensor | None = None):
+    """Cross-entropy; with class weights, each image's loss times its class's weight, averaged over the
+    images (not over the weights, as torch's weighted mean does): the same number whether a batch is
+    split into micro-batches or between processes, so weighted runs keep the exact-resume and DDP rules."""
+    if class_weights is None:
+        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    per_image = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing, reduction="none")
+    return (per_image * class_weights[y]).mean()
+
+
 def train_one_epoch(module, batches: Batches, to_input: Callable, optimizer, scheduler, state: StepState, *,
                     set_train: Callable, label_smoothing: float = 0.0, accumulate: int = 1,
                     autocast=nullcontext, scaler=None, on_step: Callable | None = None, progress=None,
-                    sync: Callable | None = None) -> dict:
+                    sync: Callable | None = None, class_weights: torch.Tensor | None = None) -> dict:
     """One pass over ``batches`` from ``state.batch`` on. ``sync`` turns this process's
     ``[loss sum, correct, images]`` of a step into every process's total (DDP), so the sums in
     ``state`` and the numbers returned are the whole batch's on every process."""
@@ -64,9 +82,9 @@ def train_one_epoch(module, batches: Batches, to_input: Callable, optimizer, sch
             with defer:
                 with autocast():
                     logits, aux = split_outputs(module(x))
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                    loss = classification_loss(logits, y, label_smoothing, class_weights)
                     for extra in aux:
-                        loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(extra.float(), y, label_smoothing=label_smoothing)
+                        loss = loss + AUX_LOSS_WEIGHT * classification_loss(extra, y, label_smoothing, class_weights)
                 weighted = loss * (len(y) * batches.world / global_n)
                 (scaler.scale(weighted) if scaler else weighted).backward()
             device_loss = loss.detach() * len(y) if device_loss is None else device_loss + loss.detach() * len(y)
@@ -102,16 +120,24 @@ def train_one_epoch(module, batches: Batches, to_input: Callable, optimizer, sch
 
 
 @torch.inference_mode()
-def predict_logits(module, batches: Batches, to_input: Callable, autocast=nullcontext, progress=None, desc="eval"):
+def predict_logits(module, batches: Batches, to_input: Callable, autocast=nullcontext, progress=None, desc="eval",
+                   capture: torch.nn.Module | None = None):
     """All logits and labels of a batch source, in order, on the CPU. With sharded ``batches``
-    (DDP) each process scores its share and every process gets the whole split back."""
+    (DDP) each process scores its share and every process gets the whole split back.
+
+    ``capture``: a submodule of ``module`` (the classifier) whose input is returned instead of the
+    logits: the features a head sees, for heads fitted in one pass (few-shot, the linear probe).
+    """
     module.eval()
-    outs, labels, rows = [], [], []
+    outs, labels, rows, seen = [], [], [], []
+    hook = capture.register_forward_pre_hook(lambda _m, args: seen.append(args[0])) if capture is not None else None
     bar = progress(total=len(batches), desc=desc, unit="batch") if progress else None
     for b, index, raw, target in batches(0):
         if len(index):  # a process's share of a small last batch can be empty
             with autocast():
                 logits, _ = split_outputs(module(to_input(raw, None, b)))
+            if hook is not None:
+                logits = seen.pop()
             outs.append(logits.float().cpu())
             labels.append(target)
             rows.append(index)
@@ -119,6 +145,8 @@ def predict_logits(module, batches: Batches, to_input: Callable, autocast=nullco
             bar.update(1)
     if bar:
         bar.close()
+    if hook is not None:
+        hook.remove()
     if batches.world > 1:
         n, index = len(batches.source.labels), torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
         return (gather_rows(torch.cat(outs) if outs else torch.zeros(0), index, n),

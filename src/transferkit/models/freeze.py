@@ -68,8 +68,9 @@ def is_frozen(name: str, plan: FreezePlan, heads: list[str]) -> bool:
     return any(_under(name, p) for p in plan.frozen)
 
 
-def apply_freeze(model: nn.Module, layout: Layout, plan: FreezePlan) -> list[nn.Module]:
-    """Set requires_grad; return the frozen modules (kept in eval mode by ``train_mode``)."""
+def apply_freeze(model: nn.Module, layout: Layout, plan: FreezePlan, require_trainable: bool = True) -> list[nn.Module]:
+    """Set requires_grad; return the frozen modules (kept in eval mode by ``train_mode``).
+    ``require_trainable=False``: a head fitted without gradients (few-shot) may have no parameters."""
     heads = layout.heads
     for name, param in model.named_parameters():
         param.requires_grad_(not is_frozen(name, plan, heads))
@@ -77,7 +78,7 @@ def apply_freeze(model: nn.Module, layout: Layout, plan: FreezePlan) -> list[nn.
     for name, module in model.named_modules():
         if name and is_frozen(name, plan, heads) and not any(_under(h, name) for h in heads):
             frozen_modules.append(module)
-    if not any(p.requires_grad for p in model.parameters()):
+    if require_trainable and not any(p.requires_grad for p in model.parameters()):
         raise UserError(f"--freeze {plan.spec} leaves nothing to train")
     return frozen_modules
 

@@ -1,4 +1,5 @@
-"""New classifiers for new classes: ``--head linear | mlp:512[,256][,dropout=0.2][,bn] | file.py:Class``.
+"""New classifiers for new classes: ``--head linear | mlp:512[,256][,dropout=0.2][,bn] | prototype | knn:K |
+file.py:Class`` (the last two fitted without gradient steps: fewshot.py).
 
 The head replaces the architecture's final layer in place (the path comes from its Layout), so
 the model keeps its own forward (pooling, dropout, aux heads) and its familiar parameter names.
@@ -8,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from transferkit.core.errors import UserError
+from transferkit.models.fewshot import is_fewshot, make_fewshot_head
 from transferkit.models.layout import Layout, get_module, set_module
 from transferkit.models.usercode import build_user_head
 
@@ -58,9 +60,12 @@ def make_head(spec: str, in_features: int, num_classes: int) -> nn.Module:
         return nn.Linear(in_features, num_classes)
     if spec.startswith("mlp"):
         return MLPHead(in_features, num_classes, **parse_mlp(spec))
+    if is_fewshot(spec):
+        return make_fewshot_head(spec, in_features, num_classes)
     if ".py:" in spec:
         return build_user_head(spec, in_features, num_classes)
-    raise UserError(f"unknown --head '{spec}'; use linear, mlp:512[,256][,dropout=0.2][,bn] or path/file.py:Class")
+    raise UserError(f"unknown --head '{spec}'; use linear, mlp:512[,256][,dropout=0.2][,bn], prototype, knn:K "
+                    "or path/file.py:Class")
 
 
 def in_features_of(module: nn.Module) -> int:

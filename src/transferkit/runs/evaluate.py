@@ -14,10 +14,12 @@ from transferkit.data.images import DEFAULT_MAX_PIXELS
 from transferkit.data.imagesets import decode_splits
 from transferkit.data.specs import load_data
 from transferkit.data.transforms import prepare
+from transferkit.data.tta import parse_tta, tta_views
 from transferkit.engine.batches import Batches
 from transferkit.engine.loop import predict_logits
+from transferkit.runs.calibration import average_probabilities, probabilities, run_temperature
 from transferkit.runs.history import append_eval_row
-from transferkit.runs.metrics import score
+from transferkit.runs.metrics import score, score_probs
 from transferkit.runs.rundir import load_run
 
 
@@ -34,9 +36,10 @@ def outputs_path(run_dir: str | Path, split: str) -> Path:
     return Path(run_dir) / "eval" / f"{split}_outputs.npz"
 
 
-def save_outputs(run_dir: str | Path, split: str, logits: torch.Tensor, labels: torch.Tensor, original, scored,
-                 data: str) -> Path:
-    """Per-image probabilities of a scored split, for the report's worst errors and calibration plot.
+def save_outputs(run_dir: str | Path, split: str, probs: torch.Tensor, labels: torch.Tensor, original, scored,
+                 data: str, uncalibrated: torch.Tensor | None = None) -> Path:
+    """Per-image probabilities of a scored split (calibrated, and before the temperature when given),
+    for the report's worst errors and both reliability plots.
 
     ``index`` is each row's position in ``load_data(data).split(split)`` (``original``): images
     dropped by --skip-bad shift positions, so file sets are matched back by path.
@@ -46,8 +49,10 @@ def save_outputs(run_dir: str | Path, split: str, logits: torch.Tensor, labels: 
     if kept and everything and len(kept) != len(everything):
         position = {p: i for i, p in enumerate(everything)}
         index = np.array([position[p] for p in kept], dtype=np.int64)
-    arrays = {"probs": logits.float().softmax(1).numpy().astype(np.float16), "labels": labels.numpy().astype(np.int64),
+    arrays = {"probs": probs.float().numpy().astype(np.float16), "labels": labels.numpy().astype(np.int64),
               "index": index, "split": np.array(split), "data": np.array(data)}
+    if uncalibrated is not None:
+        arrays["probs_uncalibrated"] = uncalibrated.float().numpy().astype(np.float16)
     path = outputs_path(run_dir, split)
 
     def write(tmp):
@@ -59,15 +64,17 @@ def save_outputs(run_dir: str | Path, split: str, logits: torch.Tensor, labels: 
 
 def evaluate_run(run_dir: str, data: str | None = None, split: str = "test", device: str = "auto",
                  batch_size: int = 128, progress=None, max_pixels: int | None = None, splits=None,
-                 skip_bad: bool = False) -> dict:
+                 skip_bad: bool = False, tta: str | None = None) -> dict:
     """Score ``run_dir`` on ``split`` of ``data`` (the run's own data when None); ``splits``: ready
-    DataSplits from the Python API instead of a spec. Under torchrun each process scores a share
-    of the split, all get the whole result, and rank 0 writes the files."""
+    DataSplits from the Python API instead of a spec. Probabilities go through the run's temperature;
+    ``tta`` (flip, crops, flip,crops) averages them over views. Under torchrun each process scores a
+    share of the split, all get the whole result, and rank 0 writes the files."""
+    kinds = parse_tta(tta)  # a mistake in --tta stops before anything loads
     with dist.scope():
-        return _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad)
+        return _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, kinds)
 
 
-def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad) -> dict:
+def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, kinds) -> dict:
     tm, pre, classes, run = load_run(run_dir)
     spec = splits.spec if splits is not None else data or run["config"]["data"]
     splits = splits if splits is not None else load_data(spec, run["config"].get("seed", 0))
@@ -82,22 +89,37 @@ def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels
     channels_last = uses_convolutions(net)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    logits, labels = predict_logits(net, Batches(imageset, batch_size, rank=dist.rank(), world=dist.world()),
-                                    lambda raw, _s, _b: prepare(raw, pre, dev, channels_last),
-                                    progress=progress, desc=f"eval {split}")
-    result = score(logits, mapping[labels], classes)
-    result.update({"split": split, "data": spec, "run": str(run_dir)})
+    temperature, views = run_temperature(run), tta_views(kinds)
+    batches = Batches(imageset, batch_size, rank=dist.rank(), world=dist.world())
+    per_view = []
+    for i, view in enumerate(views):
+        logits, labels = predict_logits(net, batches, lambda raw, _s, _b, view=view: prepare(view(raw), pre, dev, channels_last),
+                                        progress=progress, desc=f"eval {split}" + (f" view {i + 1}/{len(views)}" if kinds else ""))
+        per_view.append(logits)
+    target = mapping[labels]
+    if len(per_view) == 1:
+        result = score(per_view[0], target, classes, temperature)
+        probs, uncalibrated = probabilities(per_view[0], temperature), probabilities(per_view[0])
+    else:
+        probs, uncalibrated = average_probabilities(per_view, temperature), average_probabilities(per_view)
+        result = score_probs(probs, uncalibrated, target, classes, temperature)
+    result.update({"split": split, "data": spec, "run": str(run_dir), "tta": list(kinds)})
     if not dist.is_main():
         return result
-    save_outputs(run_dir, split, logits, mapping[labels], original, imageset, spec)
+    save_outputs(run_dir, split, probs, target, original, imageset, spec, uncalibrated=uncalibrated)
     write_json_atomic(Path(run_dir) / "eval" / f"{split}.json", result)
     append_eval_row(Path(run_dir), split, result)
     return result
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{result['split']}: top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  loss {result['loss']:.4f}  "
-             f"n {result['n']}", "", f"{'class':<24}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    views = f"  tta {','.join(result['tta'])}" if result.get("tta") else ""
+    lines = [f"{result['split']}: top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  "
+             f"balanced acc {result['balanced_accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
+             f"loss {result['loss']:.4f}  n {result['n']}{views}",
+             f"calibration: temperature {result['temperature']:.3f}, ECE {result['ece']:.4f} "
+             f"(uncalibrated {result['ece_uncalibrated']:.4f})",
+             "", f"{'class':<24}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
     for name, s in result["per_class"].items():
         lines.append(f"{name[:23]:<24}{s['precision']:>10.4f}{s['recall']:>10.4f}{s['f1']:>10.4f}{s['support']:>10}")
     return "\n".join(lines)

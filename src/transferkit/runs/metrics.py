@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from transferkit.runs.calibration import probabilities
+
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``cm[true, predicted]`` counts."""
@@ -11,7 +13,7 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
     return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
-def per_class_scores(cm: torch.Tensor, classes: list[str]) -> dict:
+def _precision_recall_f1(cm: torch.Tensor):
     cm = cm.double()
     tp = cm.diag()
     support, predicted = cm.sum(1), cm.sum(0)
@@ -19,8 +21,23 @@ def per_class_scores(cm: torch.Tensor, classes: list[str]) -> dict:
     recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
                      torch.zeros_like(tp))
+    return precision, recall, f1, support, predicted
+
+
+def per_class_scores(cm: torch.Tensor, classes: list[str]) -> dict:
+    precision, recall, f1, support, _ = _precision_recall_f1(cm)
     return {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                    "support": int(support[i])} for i, name in enumerate(classes)}
+
+
+def class_balanced_scores(cm: torch.Tensor) -> dict:
+    """Balanced accuracy (mean recall over the classes that have images) and macro-F1 (mean F1 over
+    the classes that have images or predictions), as scikit-learn computes them: on imbalanced
+    data they show what top-1 hides, a small class that is rarely found."""
+    _, recall, f1, support, predicted = _precision_recall_f1(cm)
+    present, seen = support > 0, (support > 0) | (predicted > 0)
+    return {"balanced_accuracy": float(recall[present].mean()) if bool(present.any()) else 0.0,
+            "macro_f1": float(f1[seen].mean()) if bool(seen.any()) else 0.0}
 
 
 def reliability_bins(probs: torch.Tensor, target: torch.Tensor, bins: int = 15) -> list[dict]:
@@ -46,22 +63,47 @@ def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, bins: 
     return sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(probs, target, bins))
 
 
-def score(logits: torch.Tensor, target: torch.Tensor, classes: list[str]) -> dict:
-    """top1/top5 (fractions), loss, n, per-class precision/recall/F1/support, confusion matrix, ECE."""
-    logits, target = logits.float(), target.long()
+def score(logits: torch.Tensor, target: torch.Tensor, classes: list[str], temperature: float = 1.0) -> dict:
+    """Scores of logits: top-k from the logits themselves, probabilities (ECE, NLL) through ``temperature``."""
+    logits = logits.float()
+    if len(target) == 0:
+        return score_probs(logits, logits, target, classes, temperature)
+    loss = float(F.cross_entropy(logits, target.long()))  # the raw logits' loss, as in training
+    return score_probs(probabilities(logits, temperature), logits.softmax(1), target, classes, temperature,
+                       ranking=logits, loss=loss)
+
+
+def score_probs(probs: torch.Tensor, uncalibrated: torch.Tensor, target: torch.Tensor, classes: list[str],
+                temperature: float = 1.0, ranking: torch.Tensor | None = None, loss: float | None = None) -> dict:
+    """top1/top5 (fractions), balanced accuracy, macro-F1, loss (NLL of the uncalibrated probabilities),
+    nll (of the calibrated ones), n, per-class precision/recall/F1/support, confusion matrix, and the
+    ECE of the calibrated (``ece``) and uncalibrated (``ece_uncalibrated``) probabilities.
+
+    ``ranking`` orders the classes (the logits; default ``probs``): dividing by T can round two close
+    probabilities to the same value, never swap them, so the logits' order is the exact one.
+    """
+    target = target.long()
     n = len(target)
     if n == 0:
-        return {"top1": 0.0, "top5": 0.0, "loss": 0.0, "n": 0, "per_class": {}, "confusion_matrix": [], "ece": 0.0}
-    k = min(5, logits.shape[1])
-    topk = logits.topk(k, dim=1).indices
+        return {"top1": 0.0, "top5": 0.0, "balanced_accuracy": 0.0, "macro_f1": 0.0, "loss": 0.0, "nll": 0.0, "n": 0,
+                "per_class": {}, "confusion_matrix": [], "ece": 0.0, "ece_uncalibrated": 0.0,
+                "temperature": temperature}
+    ranking = probs if ranking is None else ranking
+    k = min(5, ranking.shape[1])
+    topk = ranking.topk(k, dim=1).indices
     pred = topk[:, 0]
     cm = confusion_matrix(pred, target, len(classes))
+    true_p = lambda p: p.double().gather(1, target[:, None]).clamp(min=1e-12)  # noqa: E731
     return {
         "top1": float((pred == target).double().mean()),
         "top5": float((topk == target[:, None]).any(1).double().mean()),
-        "loss": float(F.cross_entropy(logits, target)),
+        **class_balanced_scores(cm),
+        "loss": loss if loss is not None else float(-true_p(uncalibrated).log().mean()),
+        "nll": float(-true_p(probs).log().mean()),
         "n": n,
         "per_class": per_class_scores(cm, classes),
         "confusion_matrix": cm.tolist(),
-        "ece": expected_calibration_error(logits.softmax(1), target),
+        "ece": expected_calibration_error(probs, target),
+        "ece_uncalibrated": expected_calibration_error(uncalibrated, target),
+        "temperature": temperature,
     }

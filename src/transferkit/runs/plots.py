@@ -102,28 +102,33 @@ def confusion_png(cm: np.ndarray, classes: list[str]) -> bytes:
     return to_png(fig)
 
 
-def reliability_png(bins: list[dict], ece: float) -> bytes:
-    """Accuracy against confidence per bin (a calibrated model follows the diagonal), and how many fall in each."""
-    fig, (ax, hist) = _figure(6.2, 6, nrows=2, height_ratios=(3, 1), sharex=True)
-    centres = np.array([(b["lo"] + b["hi"]) / 2 for b in bins])
-    width = bins[0]["hi"] - bins[0]["lo"]
-    used = np.array([b["count"] > 0 for b in bins])
-    accuracy = np.array([b["accuracy"] for b in bins])
-    confidence = np.array([b["confidence"] for b in bins])
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    ax.bar(centres[used], accuracy[used], width=width, color=TRAIN_COLOUR, edgecolor="white", label="accuracy")
-    # The gap runs from the bin's accuracy to its mean confidence: above the bar when over-confident, inside it when under.
-    ax.bar(centres[used], confidence[used] - accuracy[used], bottom=accuracy[used], width=width, fill=False,
-           hatch="///", edgecolor=ACCENT, linewidth=0.8, label="gap to mean confidence")
-    ax.set_ylim(0, 1)
-    ax.set_xlim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability: expected calibration error {ece:.3f}")
+def reliability_png(curves: list[tuple[str, list[dict], float]]) -> bytes:
+    """Accuracy against confidence per bin (a calibrated model follows the diagonal), and how many fall
+    in each; one column per ``(title, bins, ece)``: before and after the temperature, side by side."""
+    fig, axes = _figure(6.2 * len(curves), 6, nrows=2, ncols=len(curves), height_ratios=(3, 1), sharex=True,
+                        squeeze=False)
+    for column, (title, bins, ece) in enumerate(curves):
+        ax, hist = axes[0][column], axes[1][column]
+        centres = np.array([(b["lo"] + b["hi"]) / 2 for b in bins])
+        width = bins[0]["hi"] - bins[0]["lo"]
+        used = np.array([b["count"] > 0 for b in bins])
+        accuracy = np.array([b["accuracy"] for b in bins])
+        confidence = np.array([b["confidence"] for b in bins])
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration" if column == 0 else None)
+        ax.bar(centres[used], accuracy[used], width=width, color=TRAIN_COLOUR, edgecolor="white",
+               label="accuracy" if column == 0 else None)
+        # The gap runs from the bin's accuracy to its mean confidence: above the bar when over-confident, inside it when under.
+        ax.bar(centres[used], confidence[used] - accuracy[used], bottom=accuracy[used], width=width, fill=False,
+               hatch="///", edgecolor=ACCENT, linewidth=0.8, label="gap to mean confidence" if column == 0 else None)
+        ax.set_ylim(0, 1)
+        ax.set_xlim(0, 1)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{title}: expected calibration error {ece:.3f}")
+        ax.grid(alpha=0.3)
+        hist.bar(centres, [b["count"] for b in bins], width=width, color="grey", edgecolor="white")
+        hist.set_xlabel("confidence (probability of the predicted class)")
+        hist.set_ylabel("images")
     fig.legend(loc="outside lower center", ncols=3, fontsize=9, frameon=False)  # never on top of the bars
-    ax.grid(alpha=0.3)
-    hist.bar(centres, [b["count"] for b in bins], width=width, color="grey", edgecolor="white")
-    hist.set_xlabel("confidence (probability of the predicted class)")
-    hist.set_ylabel("images")
     return to_png(fig)
 
 

@@ -24,8 +24,15 @@ from transferkit.core.safeio import write_text_atomic
 from transferkit.data.images import BadImage, load_uint8
 from transferkit.data.specs import load_data
 from transferkit.runs import plots
+from transferkit.runs.calibration import run_temperature
 from transferkit.runs.history import read_history
-from transferkit.runs.metrics import confusion_matrix, expected_calibration_error, per_class_scores, reliability_bins
+from transferkit.runs.metrics import (
+    class_balanced_scores,
+    confusion_matrix,
+    expected_calibration_error,
+    per_class_scores,
+    reliability_bins,
+)
 from transferkit.runs.rundir import read_run
 
 WORST = 24       # thumbnails in the gallery of errors
@@ -65,8 +72,11 @@ def load_outputs(path: Path) -> dict | None:
     if not path.is_file():
         return None
     with np.load(path, allow_pickle=False) as data:
+        # Outputs written before calibration hold one set of probabilities (temperature 1).
+        raw = data["probs_uncalibrated"] if "probs_uncalibrated" in data.files else None
         return {"probs": data["probs"].astype(np.float32), "labels": data["labels"], "index": data["index"],
-                "split": str(data["split"]), "data": str(data["data"])}
+                "split": str(data["split"]), "data": str(data["data"]),
+                "probs_uncalibrated": raw.astype(np.float32) if raw is not None else None}
 
 
 def _thumbnail(array: np.ndarray) -> bytes:
@@ -114,10 +124,15 @@ def _summary(outputs: dict, classes: list[str]) -> dict:
     pred = probs.argmax(1)
     k = min(5, probs.shape[1])
     cm = confusion_matrix(pred, labels, len(classes))
-    return {"n": len(labels), "top1": float((pred == labels).double().mean()),
-            "top5": float((probs.topk(k, 1).indices == labels[:, None]).any(1).double().mean()),
-            "cm": cm.numpy(), "per_class": per_class_scores(cm, classes),
-            "bins": reliability_bins(probs, labels, BINS), "ece": expected_calibration_error(probs, labels, BINS)}
+    summary = {"n": len(labels), "top1": float((pred == labels).double().mean()),
+               "top5": float((probs.topk(k, 1).indices == labels[:, None]).any(1).double().mean()),
+               **class_balanced_scores(cm), "cm": cm.numpy(), "per_class": per_class_scores(cm, classes),
+               "bins": reliability_bins(probs, labels, BINS), "ece": expected_calibration_error(probs, labels, BINS)}
+    if outputs.get("probs_uncalibrated") is not None:
+        raw = torch.from_numpy(outputs["probs_uncalibrated"])
+        summary.update(bins_uncalibrated=reliability_bins(raw, labels, BINS),
+                       ece_uncalibrated=expected_calibration_error(raw, labels, BINS))
+    return summary
 
 
 def worst_errors(outputs: dict, limit: int = WORST) -> list[dict]:
@@ -155,6 +170,21 @@ def _gallery(errors: list[dict], thumbs: dict, classes: list[str]) -> str:
     return f'<div class="gallery">{"".join(cards)}</div>'
 
 
+def _recipe(run: dict) -> str:
+    recipe = run.get("recipe") or {}
+    probe = recipe.get("linear_probe")
+    if not probe:
+        return run.get("config", {}).get("recipe", "standard")
+    return (f"{recipe.get('name')}: linear probe first (val acc {probe['val_acc']:.4f}, {probe['seconds']} s), "
+            "then the epochs below fine-tune from it")
+
+
+def _sampling(cfg: dict) -> str:
+    parts = [f"{cfg['shots']} per class" if cfg.get("shots") else (f"limit {cfg['train_limit']}" if cfg.get("train_limit") else "all"),
+             f"sampler {cfg.get('sampler', 'shuffle')}", f"class weights {cfg.get('class_weights', 'none')}"]
+    return ", ".join(parts)
+
+
 def _settings(run: dict, lr_find: dict | None) -> str:
     cfg, backbone = run.get("config", {}), run.get("backbone", {})
     lr = f"{lr_find['suggestion']:.3g} (found by lr-find)" if lr_find and cfg.get("lr") == "auto" else cfg.get("lr")
@@ -164,6 +194,11 @@ def _settings(run: dict, lr_find: dict | None) -> str:
         ("weights sha256", backbone.get("weights_sha256") or "—"),
         ("freeze", f"{run.get('freeze', {}).get('spec')} (frozen stages: {run.get('freeze', {}).get('cut')})"),
         ("head", run.get("model", {}).get("head")),
+        ("recipe", _recipe(run)),
+        ("training images", _sampling(cfg)),
+        ("calibration", f"temperature {run_temperature(run):.3f}" + (
+            f" (fitted on {(run.get('calibration') or {}).get('split')})" if (run.get("calibration") or {}).get("split")
+            else " (none fitted)")),
         ("data", ", ".join(f"{k}: {v}" for k, v in run.get("data", {}).items())),
         ("preprocessing", ", ".join(f"{k} {v}" for k, v in run.get("preprocess", {}).items())),
         ("training", f"{cfg.get('epochs')} epochs, lr {lr}, {cfg.get('optimizer')}, batch {cfg.get('batch_size')}, "
@@ -176,6 +211,21 @@ def _settings(run: dict, lr_find: dict | None) -> str:
     table = "".join(f"<tr><th>{_e(k)}</th><td><code>{_e(v)}</code></td></tr>" for k, v in rows)
     full = "".join(f"<tr><th>{_e(k)}</th><td><code>{_e(v)}</code></td></tr>" for k, v in cfg.items())
     return f"<table>{table}</table><details><summary>all settings</summary><table>{full}</table></details>"
+
+
+def _calibration(run: dict, summary: dict) -> str:
+    """Both reliability diagrams: the network's own probabilities and those after the temperature."""
+    temperature = run_temperature(run)
+    fitted = (run.get("calibration") or {}).get("split")
+    how = (f"Probabilities are softmax(logits / {temperature:.3f}), the temperature fitted on the {fitted} split "
+           "(temperature scaling: the ranking of the classes, and so every prediction, is unchanged)."
+           if fitted else "No temperature was fitted for this run (probabilities are the plain softmax).")
+    text = (f"<h2>Calibration</h2><p class=sub>How far the predicted probabilities are from the observed accuracy: "
+            f"expected calibration error {summary['ece']:.3f} over {BINS} bins. {_e(how)}</p>")
+    curves = [("calibrated", summary["bins"], summary["ece"])]
+    if "bins_uncalibrated" in summary:
+        curves.insert(0, ("before the temperature", summary["bins_uncalibrated"], summary["ece_uncalibrated"]))
+    return text + _img(plots.reliability_png(curves), "reliability diagram")
 
 
 def render(run_dir: str | Path, outputs_file: str | Path | None = None) -> str:
@@ -197,6 +247,8 @@ def render(run_dir: str | Path, outputs_file: str | Path | None = None) -> str:
     summary = _summary(outputs, classes) if outputs is not None and len(outputs["labels"]) else None
     if summary:
         parts.append(_cards([("top-1 accuracy", f"{summary['top1']:.2%}"), ("top-5 accuracy", f"{summary['top5']:.2%}"),
+                             ("balanced accuracy", f"{summary['balanced_accuracy']:.2%}"),
+                             ("macro-F1", f"{summary['macro_f1']:.3f}"),
                              ("calibration error (ECE)", f"{summary['ece']:.3f}"), ("images scored", f"{summary['n']:,}"),
                              ("best epoch", str(run.get("best_epoch")))]))
     parts.append("<h2>Training</h2>")
@@ -228,9 +280,7 @@ def render(run_dir: str | Path, outputs_file: str | Path | None = None) -> str:
             parts.append(_gallery(errors, thumbs, classes))
         else:
             parts.append('<p class="note">No errors on this split.</p>')
-        parts.append("<h2>Calibration</h2><p class=sub>How far the predicted probabilities are from the observed "
-                     f"accuracy: expected calibration error {summary['ece']:.3f} over {BINS} bins.</p>")
-        parts.append(_img(plots.reliability_png(summary["bins"], summary["ece"]), "reliability diagram"))
+        parts.append(_calibration(run, summary))
     parts.append("<h2>Settings</h2>" + _settings(run, lr_find))
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

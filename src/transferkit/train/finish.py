@@ -1,6 +1,7 @@
-"""The end of ``transferkit train``: the best epoch's weights become the run's model, are scored
-on the test split (val when there is none), and the run directory gets ``model.safetensors``
-(with metadata), ``run.json``, the confusion matrix, the per-image outputs, ``report.html``, and
+"""The end of ``transferkit train``: the best epoch's weights become the run's model, one temperature
+is fitted on the validation split (unless ``--no-calibrate``), the model is scored on the test split
+(val when there is none), and the run directory gets ``model.safetensors`` (with metadata),
+``run.json`` (with ``calibration``), the confusion matrix, the per-image outputs, ``report.html``, and
 what makes it a Hugging Face model folder: ``config.json`` where timm loads it, ``README.md``.
 
 Under torchrun every process scores its share of the split; rank 0 alone reads the best
@@ -14,15 +15,20 @@ import time
 from safetensors.torch import load_file
 
 from transferkit.core import distributed as dist
+from transferkit.core.progress import log
 from transferkit.core.safeio import save_safetensors_atomic, write_json_atomic
 from transferkit.engine.batches import Batches
 from transferkit.engine.checkpoint import best_path
 from transferkit.engine.loop import predict_logits
+from transferkit.runs.calibration import fit_temperature, probabilities
 from transferkit.runs.evaluate import save_outputs
 from transferkit.runs.hubfolder import weights_metadata, write_model_folder
 from transferkit.runs.metrics import score
 from transferkit.runs.report import write_report
 from transferkit.runs.rundir import versions
+
+# The final scores run.json keeps (eval --format json has all of them, per class too).
+SUMMARY = ("top1", "top5", "balanced_accuracy", "macro_f1", "loss", "nll", "n", "ece", "ece_uncalibrated", "temperature")
 
 
 def finish_run(run) -> dict:
@@ -32,17 +38,27 @@ def finish_run(run) -> dict:
         best_state = load_file(str(best_path(run.run_dir)))
         s.tm.net.load_state_dict(best_state)
     dist.broadcast_module(s.tm.net)
+    shard = {"rank": dist.rank(), "world": dist.world()}
+    temperature = 1.0
+    if cfg.calibrate:  # every process fits the same T on the same gathered logits
+        val_logits, val_labels = predict_logits(path.module, Batches(path.sources["val"], run.eval_batch, **shard),
+                                                path.to_input, s.autocast)
+        temperature = fit_temperature(val_logits, val_labels)
     test_name = "test" if "test" in path.sources else "val"
-    batches = Batches(path.sources[test_name], run.eval_batch, rank=dist.rank(), world=dist.world())
+    batches = Batches(path.sources[test_name], run.eval_batch, **shard)
     logits, labels = predict_logits(path.module, batches, path.to_input, s.autocast, progress=s.progress,
                                     desc=f"scoring {test_name}")
-    final = score(logits, labels, s.splits.classes)
+    final = score(logits, labels, s.splits.classes, temperature)
+    if cfg.calibrate:
+        log(f"calibration: temperature {temperature:.3f} fitted on val ({len(val_labels):,} images); ECE on "
+            f"{test_name} {final['ece_uncalibrated']:.4f} -> {final['ece']:.4f} (top-1 unchanged)")
     result = {"run_dir": str(run.run_dir), "metrics": final, "split": test_name, "best_epoch": run.best["epoch"],
               "cached": path.cached}
     if not dist.is_main():
         return result
     sets = run.prepared.sets
-    save_outputs(run.run_dir, test_name, logits, labels, s.splits.split(test_name), sets[test_name], cfg.data)
+    save_outputs(run.run_dir, test_name, probabilities(logits, temperature), labels, s.splits.split(test_name),
+                 sets[test_name], cfg.data, uncalibrated=probabilities(logits))
     model_spec = s.specs["model"]
     record = {
         "format": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": cfg.to_json(), "classes": s.splits.classes,
@@ -52,9 +68,14 @@ def finish_run(run) -> dict:
         "freeze": {"spec": cfg.freeze, "cut": run.prepared.plan.cut}, "feature_cache": path.message,
         "data": {"spec": cfg.data, **{n: len(x) for n, x in sets.items()}},
         "lr": run.lr, "best_epoch": run.best["epoch"],
-        "metrics": {"split": test_name, **{k: final[k] for k in ("top1", "top5", "loss", "n", "ece")}},
+        "metrics": {"split": test_name, **{k: final[k] for k in SUMMARY}},
+        "calibration": {"temperature": temperature, "split": "val" if cfg.calibrate else None,
+                        "method": "temperature scaling (L-BFGS on the validation NLL)" if cfg.calibrate else "off",
+                        "ece": final["ece"], "ece_uncalibrated": final["ece_uncalibrated"], "scored_split": test_name},
         "versions": versions(),
     }
+    if run.recipe:
+        record["recipe"] = {"name": cfg.recipe, **run.recipe}
     if dist.world() > 1:
         record["distributed"] = {"processes": dist.world(), "backend": dist.backend()}
     # Written once the record is complete: its metadata carries what run.json says.

@@ -19,6 +19,7 @@ from transferkit.data.specs import DataSplits, stratified_split
 from transferkit.data.transforms import Preprocess, prepare
 from transferkit.engine import checkpoint as ckpt
 from transferkit.engine.batches import auto_batch_size
+from transferkit.models.fewshot import is_fewshot
 from transferkit.models.freeze import FreezePlan, apply_freeze, plan_freeze
 from transferkit.models.shapecheck import check_shapes
 from transferkit.models.transfer import TransferModel
@@ -31,13 +32,38 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def shots_per_class(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``shots`` images of every class (all of a class that has fewer), chosen by ``seed``."""
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:shots] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
 def limit_training_images(splits: DataSplits, cfg: TrainConfig) -> DataSplits:
-    """``--train-limit``: a stratified sample of the training split, the same for a given seed."""
+    """``--train-limit``: a stratified sample of the training split; ``--shots K``: K images per class.
+    Both the same for a given seed; validation and test splits stay whole."""
     splits.split("train")  # data with no training split (a test-only parquet set): one clear error
     if cfg.train_limit and cfg.train_limit < len(splits.train):
         keep, _ = stratified_split(splits.train.labels.numpy(), 1 - cfg.train_limit / len(splits.train), cfg.seed)
         splits.train = splits.train.subset(keep)
+    if cfg.shots:
+        labels = splits.train.labels.numpy()
+        short = [splits.classes[c] for c in range(len(splits.classes)) if 0 < (labels == c).sum() < cfg.shots]
+        if short:
+            log(f"--shots {cfg.shots}: {len(short)} class(es) have fewer training images and keep all of them "
+                f"(e.g. {short[0]})")
+        splits.train = splits.train.subset(shots_per_class(labels, cfg.shots, cfg.seed))
     return splits
+
+
+def check_recipe(cfg: TrainConfig) -> None:
+    """Settings that only make sense together."""
+    if is_fewshot(cfg.head) and cfg.freeze != "backbone":
+        raise UserError(f"--head {cfg.head} is fitted from the frozen backbone's features without gradient steps: "
+                        f"use it with --freeze backbone (not {cfg.freeze})")
+    if cfg.recipe == "lpft" and (cfg.freeze == "backbone" or is_fewshot(cfg.head)):
+        raise UserError("--recipe lpft fine-tunes after the linear probe: give --freeze N (the first N stages stay "
+                        "frozen) or --freeze none, and a trainable head")
 
 
 @dataclass
@@ -54,9 +80,10 @@ class Prepared:
 def training_path(cfg: TrainConfig, tm: TransferModel, sets: dict, device, autocast, progress) -> Prepared:
     """Preprocessing, freezing, decoded images, a dry forward of a real batch, and the chosen input
     path (feature cache or full forward), announced in one line."""
+    check_recipe(cfg)
     pre = tm.info.preprocess(cfg.image_size)
     plan = plan_freeze(tm.net, tm.layout, cfg.freeze)
-    frozen = apply_freeze(tm.net, tm.layout, plan)
+    frozen = apply_freeze(tm.net, tm.layout, plan, require_trainable=not is_fewshot(cfg.head))
     if tm.info.weights == "none" and plan.spec == "backbone":
         # Legitimate (a random-features baseline) but mostly a forgotten --freeze none.
         log("note: --weights none with --freeze backbone trains only the head on random features; "
@@ -76,8 +103,8 @@ def training_path(cfg: TrainConfig, tm: TransferModel, sets: dict, device, autoc
 def global_batch(cfg: TrainConfig, path: TrainPath, device, autocast) -> int:
     """--batch-size is the global batch, split between the torchrun processes; 'auto' fills each GPU."""
     n = len(path.sources["train"])
-    if cfg.batch_size != "auto":
-        size = int(cfg.batch_size)
+    if cfg.batch_size != "auto" or not any(p.requires_grad for p in path.module.parameters()):
+        size = int(cfg.batch_size) if cfg.batch_size != "auto" else min(n, 64)  # few-shot heads: nothing to fit in memory
     else:
         sample = path.to_input(path.sources["train"].batch(torch.arange(1)), None, 0)
         size = auto_batch_size(path.module, tuple(sample.shape[1:]), device, autocast, n)

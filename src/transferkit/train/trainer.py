@@ -26,13 +26,15 @@ from transferkit.core.safeio import check_torch_version
 from transferkit.data.specs import DataSplits
 from transferkit.engine import checkpoint as ckpt
 from transferkit.engine.batches import Batches
-from transferkit.engine.loop import NonFiniteLoss, StepState, predict_logits, train_one_epoch
+from transferkit.engine.loop import NonFiniteLoss, StepState, balanced_class_weights, predict_logits, train_one_epoch
 from transferkit.engine.optim import make_optimizer, warmup_cosine
+from transferkit.models.fewshot import is_fewshot
 from transferkit.models.freeze import param_groups, train_mode
 from transferkit.runs.history import write_history
 from transferkit.runs.metrics import score
 from transferkit.train.finish import finish_run
 from transferkit.train.lrfind import auto_lr
+from transferkit.train.recipes import fit_fewshot_head, linear_probe
 from transferkit.train.setup import Prepared
 from transferkit.train.start import Start, start
 
@@ -53,9 +55,11 @@ class Training:
     val_batches: Batches
     eval_batch: int
     lr: float
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    optimizer: torch.optim.Optimizer | None      # None: a head fitted without gradient steps (few-shot)
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
     scaler: torch.amp.GradScaler | None
+    class_weights: torch.Tensor | None = None    # --class-weights balanced
+    recipe: dict = field(default_factory=dict)   # what a recipe's extra phases recorded (LP-FT's linear probe)
     state: StepState = field(default_factory=StepState)
     history: list = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": None})
@@ -84,8 +88,9 @@ class Training:
             return
         s = self.start
         ckpt.save_checkpoint(self.run_dir, {
-            "model": s.tm.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+            "model": s.tm.net.state_dict(), "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None, "recipe": self.recipe,
             "state": asdict(self.state), "rng": rngs[0], "rng_ranks": rngs if len(rngs) > 1 else None,
             "history": self.history, "best": self.best, "config": self.cfg.to_json(), "classes": s.splits.classes,
             "batch_size": self.train_batches.batch_size, "model_spec": s.specs["model"], "head_spec": s.specs["head"],
@@ -116,8 +121,14 @@ class Training:
         result = train_one_epoch(self.model, self.train_batches, path.to_input, self.optimizer, self.scheduler, self.state,
                                  set_train=lambda: train_mode(self.model, frozen), label_smoothing=cfg.label_smoothing,
                                  accumulate=cfg.accumulate, autocast=self.start.autocast, scaler=self.scaler,
-                                 on_step=self.on_step, progress=self.start.progress, sync=self.sync)
+                                 on_step=self.on_step, progress=self.start.progress, sync=self.sync,
+                                 class_weights=self.class_weights)
+        self.close_epoch(result, lr_now, cfg.epochs)
+
+    def close_epoch(self, result: dict, lr_now: float, total: int) -> None:
+        """Validation, the metrics row, the best weights and the checkpoint after the epoch's training."""
         self.require_finite()
+        path = self.prepared.path
         dist.broadcast_module(path.module, buffers_only=True)  # BatchNorm statistics: rank 0's, as checkpointed
         logits, labels = predict_logits(path.module, self.val_batches, path.to_input, self.start.autocast)
         val = score(logits, labels, self.start.splits.classes)
@@ -126,7 +137,7 @@ class Training:
                "lr": lr_now}
         self.history.append(row)
         self.start.tb.epoch(row)
-        log(f"epoch {row['epoch']}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+        log(f"epoch {row['epoch']}/{total}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
             f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | {row['images_per_s']:.0f} img/s")
         improved = val["top1"] > self.best["val_acc"]
         if improved:
@@ -151,8 +162,12 @@ def train(cfg: TrainConfig, splits: DataSplits | None = None) -> dict:
         run = set_up(start(cfg, splits))
         try:
             with stop_on_signals(run):
-                while run.state.epoch < run.cfg.epochs:
-                    run.run_epoch()
+                if is_fewshot(run.cfg.head):
+                    if run.state.epoch == 0:  # one pass, no gradient steps; a resume after it has nothing to do
+                        run.close_epoch(fit_fewshot_head(run.start, run.eval_batch), 0.0, 1)
+                else:
+                    while run.state.epoch < run.cfg.epochs:
+                        run.run_epoch()
         except NonFiniteLoss as exc:
             raise UserError(str(exc)) from None
         finally:
@@ -161,38 +176,54 @@ def train(cfg: TrainConfig, splits: DataSplits | None = None) -> dict:
 
 
 def set_up(s: Start) -> Training:
-    """Batches, learning rate, optimizer and schedule, and the checkpoint's state on a resume."""
+    """Batches, learning rate, optimizer and schedule, a recipe's first phase, and the checkpoint's
+    state on a resume."""
     cfg, path = s.cfg, s.prepared.path
     resume = s.resume_state
     batch_size = resume.get("batch_size") if resume and resume.get("batch_size") else s.batch_size
     shard = {"rank": dist.rank(), "world": dist.world()}
-    train_batches = Batches(path.sources["train"], batch_size, shuffle=True, seed=cfg.seed, **shard)
+    train_batches = Batches(path.sources["train"], batch_size, shuffle=True, seed=cfg.seed,
+                            balanced=cfg.sampler == "balanced", **shard)
     eval_batch = max(batch_size, 256 if path.cached else batch_size)
     val_batches = Batches(path.sources["val"], eval_batch, **shard)
-    if cfg.lr == "auto":  # the range test runs once, on rank 0 over whole batches, and every process uses its answer
-        whole = Batches(path.sources["train"], batch_size, shuffle=True, seed=cfg.seed)
+    recipe = (resume or {}).get("recipe") or {}
+    if cfg.recipe == "lpft" and not resume:  # a resume continues from the checkpoint written after the probe
+        recipe = {"linear_probe": linear_probe(s, eval_batch)}
+    trainable = any(p.requires_grad for p in path.module.parameters())
+    if cfg.lr == "auto" and trainable:  # the range test runs once, on rank 0 over whole batches; all use its answer
+        whole = Batches(path.sources["train"], batch_size, shuffle=True, seed=cfg.seed, balanced=cfg.sampler == "balanced")
         lr = dist.broadcast_object(auto_lr(cfg, s.tm, path, whole, s.prepared.frozen, s.autocast, s.progress, s.run_dir)
                                    if dist.is_main() else None)
     else:
-        lr = float(cfg.lr)
-    optimizer = make_optimizer(cfg.optimizer, param_groups(s.tm.net, s.tm.layout, lr, cfg.weight_decay, cfg.backbone_scale), lr)
-    total = cfg.epochs * len(train_batches)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(cfg.warmup_epochs * len(train_batches))))
+        lr = float(cfg.lr) if cfg.lr != "auto" else 0.0
+    optimizer = scheduler = None
+    if trainable:
+        optimizer = make_optimizer(cfg.optimizer, param_groups(s.tm.net, s.tm.layout, lr, cfg.weight_decay,
+                                                               cfg.backbone_scale), lr)
+        total = cfg.epochs * len(train_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, int(cfg.warmup_epochs * len(train_batches))))
     scaler = torch.amp.GradScaler("cuda") if s.precision == torch.float16 else None
     if dist.rank():  # dropout draws other numbers on each process; rank 0 keeps the single-process stream
         torch.manual_seed(cfg.seed + 1_000_003 * dist.rank())
-    run = Training(s, s.prepared, path.module, train_batches, val_batches, eval_batch, lr, optimizer, scheduler, scaler)
+    weights = balanced_class_weights(path.sources["train"].labels, len(s.splits.classes)).to(s.device) \
+        if cfg.class_weights == "balanced" else None
+    run = Training(s, s.prepared, path.module, train_batches, val_batches, eval_batch, lr, optimizer, scheduler, scaler,
+                   weights, recipe)
     if resume:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
+        if optimizer:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
         if scaler and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
         run.state, run.history, run.best = StepState(**resume["state"]), resume["history"], resume["best"]
         ranks = resume.get("rng_ranks") or []
         ckpt.set_rng_state(ranks[dist.rank()] if len(ranks) == dist.world() else resume["rng"])
         log(f"resuming {s.run_dir} at epoch {run.state.epoch + 1}, batch {run.state.batch}")
-    sample = path.to_input(path.sources["train"].batch(torch.arange(min(2, len(path.sources["train"])))), None, 0)
-    run.model = s.wrap(path.module, sample, lambda: train_mode(path.module, s.prepared.frozen))
+    elif recipe:
+        run.save_last()  # the probed head is where fine-tuning starts: a resume continues from here
+    if trainable:
+        sample = path.to_input(path.sources["train"].batch(torch.arange(min(2, len(path.sources["train"])))), None, 0)
+        run.model = s.wrap(path.module, sample, lambda: train_mode(path.module, s.prepared.frozen))
     return run
 
 
