@@ -8,9 +8,9 @@ the peak RSS of each process. The table goes to stdout (markdown) and, with --js
 
     python benchmarks/demo_frontier.py                           # every candidate (hours on 2 cores)
     python benchmarks/demo_frontier.py --only demo-96,96-flip    # a few
-    python benchmarks/demo_frontier.py --only demo-96 --train-limit 2000 --epochs 1   # a cheap check of the script
+    python benchmarks/demo_frontier.py --only demo-96,96-flip --data mnist-5k --epochs 1   # a cheap check of the script
 
---train-limit/--epochs override every candidate (for checking the script, not for the table).
+--train-limit, --epochs and --data override every candidate (for checking the script, not for the table).
 Run it on an otherwise idle machine: the times are the point.
 """
 from __future__ import annotations
@@ -70,6 +70,8 @@ def candidate(name: str, settings: dict, args, work: Path) -> dict:
         train_settings["train-limit"] = args.train_limit
     if args.epochs:
         train_settings["epochs"] = args.epochs
+    if args.data:
+        train_settings["data"] = args.data
     out = work / name
     env = dict(os.environ, PYTHONPATH=str(SRC), XDG_CACHE_HOME=str(work / f"{name}-cache"))
     python = [sys.executable, "-m", "transferkit"]
@@ -92,6 +94,7 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated candidate names (default: all): " + ", ".join(CANDIDATES))
     parser.add_argument("--train-limit", type=int, default=0, help="override: training images (script check only)")
     parser.add_argument("--epochs", type=int, default=0, help="override: epochs (script check only)")
+    parser.add_argument("--data", help="override: another data set, e.g. mnist-5k (script check only)")
     parser.add_argument("--work", help="folder for runs and caches (default: a new temporary one)")
     parser.add_argument("--json", help="also write the raw rows here")
     args = parser.parse_args()

@@ -5,6 +5,7 @@ first run that needs it), so the seconds of a row are its own training and scori
 
     python benchmarks/methods.py calibration   # ECE before/after temperature scaling, every built-in
     python benchmarks/methods.py fewshot       # 1/5/10/20-shot: prototype, k-NN, linear head, fine-tuning
+                                               # (validation: 50 images per class)
     python benchmarks/methods.py imbalance     # a 10:1 long-tailed Fashion-MNIST: plain, weights, sampler
     python benchmarks/methods.py tta-lpft      # test-time augmentation and LP-FT against the plain recipe
 
@@ -86,12 +87,17 @@ def calibration(b: Bench) -> None:
 
 def fewshot(b: Bench) -> None:
     """K images per class; prototype and k-NN (no gradient steps) against a linear head and fine-tuning
-    the last block, trained for about STEPS optimizer steps whatever K is (early stopping on val)."""
-    steps = 100
+    the last block, trained for about ``steps`` optimizer steps whatever K is. Validation (best epoch,
+    temperature) uses ``val_per_class`` images of each class; the test split is whole."""
+    steps, val_per_class = 100, 50
     print("| data | K | prototype | knn:5 | linear head | fine-tune last block | seconds (proto / knn / linear / ft) |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for data in ("fashion-mnist", "animal-shapes"):
-        classes = len(load_data(data).classes)
+        full = load_data(data)
+        classes = len(full.classes)
+        labels = full.val.labels.numpy()
+        full.val = full.val.subset(np.sort(np.concatenate(
+            [np.flatnonzero(labels == c)[:val_per_class] for c in range(classes)])))
         for shots in (1, 5, 10, 20):
             epochs = max(10, math.ceil(steps / math.ceil(shots * classes / int(MODEL["batch_size"]))))
             methods = {"prototype": {"head": "prototype"}, "knn:5": {"head": "knn:5"},
@@ -100,8 +106,9 @@ def fewshot(b: Bench) -> None:
             accs, secs = {m: [] for m in methods}, {m: [] for m in methods}
             for seed in b.seeds:
                 for method, settings in methods.items():
-                    result, _run, seconds = b.fit(f"fs-{data}-{shots}-{method}", data=data, shots=shots, seed=seed,
-                                                  **settings)
+                    splits = DataSplits(full.spec, full.classes, full.train, full.val, full.test)  # train() cuts its copy
+                    result, _run, seconds = b.fit(f"fs-{data}-{shots}-{method}", splits=splits, data=data, shots=shots,
+                                                  seed=seed, **settings)
                     accs[method].append(result["metrics"]["top1"])
                     secs[method].append(seconds)
                     b.add("fewshot", data=data, shots=shots, method=method, seed=seed, top1=result["metrics"]["top1"],

@@ -50,13 +50,17 @@ def test_a_run_without_a_temperature_means_one():
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
+    """digits (144 validation images: enough for a temperature), with and without calibration, and a
+    folder whose 6 validation images are too few to fit one on."""
     root = tmp_path_factory.mktemp("calibrated")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
         images = make_image_folder(root / "images", classes=("cat", "dog", "owl"), per_class=10)
-        args = [*TINY_TRAIN, "--epochs", "2"]
-        assert main(["train", "--data", str(images), "--out", str(root / "run"), *args]) == 0
-        assert main(["train", "--data", str(images), "--out", str(root / "plain"), *args, "--no-calibrate"]) == 0
+        args = [*TINY_TRAIN, "--epochs", "2", "--batch-size", "32"]
+        digits = ["--data", "digits", "--train-limit", "300"]
+        assert main(["train", *digits, "--out", str(root / "run"), *args]) == 0
+        assert main(["train", *digits, "--out", str(root / "plain"), *args, "--no-calibrate"]) == 0
+        assert main(["train", "--data", str(images), "--out", str(root / "small"), *args]) == 0
     return root
 
 
@@ -68,6 +72,9 @@ def test_run_json_records_the_temperature_and_both_eces(calibrated):
     assert {"ece", "ece_uncalibrated", "balanced_accuracy", "macro_f1"} <= set(run["metrics"])
     plain = json.loads((calibrated / "plain" / "run.json").read_text())
     assert plain["calibration"]["temperature"] == 1.0 and plain["calibration"]["split"] is None
+    assert plain["calibration"]["method"] == "off (--no-calibrate)"
+    small = json.loads((calibrated / "small" / "run.json").read_text())
+    assert small["calibration"]["temperature"] == 1.0 and small["calibration"]["method"] == "none: 6 validation images"
 
 
 def test_eval_json_applies_the_temperature_and_keeps_top1(calibrated, capsys):
@@ -78,7 +85,7 @@ def test_eval_json_applies_the_temperature_and_keeps_top1(calibrated, capsys):
     t = json.loads((run_dir / "run.json").read_text())["calibration"]["temperature"]
     assert result["temperature"] == t and {"ece", "ece_uncalibrated", "nll"} <= set(result)
     tm, pre, classes, _ = load_run(run_dir)
-    outputs = np.load(run_dir / "eval" / "val_outputs.npz")
+    outputs = np.load(run_dir / "eval" / "test_outputs.npz")
     raw = torch.from_numpy(outputs["probs_uncalibrated"].astype(np.float32))
     cal = torch.from_numpy(outputs["probs"].astype(np.float32))
     assert torch.allclose(probabilities(raw.log(), t), cal, atol=2e-3)  # softmax(log p / T) = calibrated p
@@ -163,13 +170,14 @@ def test_report_shows_both_reliability_diagrams(calibrated):
 
     page = (calibrated / "run" / "report.html").read_text()
     assert "temperature fitted on the val split" in page and "balanced accuracy" in page and "macro-F1" in page
+    assert "No temperature was fitted" in (calibrated / "small" / "report.html").read_text()
     data = re.search(r'alt="reliability diagram" src="data:image/png;base64,([^"]+)"', page).group(1)
     two = Image.open(io.BytesIO(base64.b64decode(data))).size
     plain = (calibrated / "plain" / "report.html").read_text()  # T = 1: the same curve twice, still both shown
     assert "No temperature was fitted" in plain
     # one column per curve: before and after the temperature, side by side
     old = calibrated / "old-outputs.npz"
-    with np.load(calibrated / "run" / "eval" / "val_outputs.npz") as f:
+    with np.load(calibrated / "run" / "eval" / "test_outputs.npz") as f:
         np.savez(old, **{k: f[k] for k in f.files if k != "probs_uncalibrated"})
     from transferkit.runs.report import render
 

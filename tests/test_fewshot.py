@@ -82,7 +82,7 @@ def test_a_fewshot_run_is_an_ordinary_run_directory(fewshot_runs, name, capsys):
     run_dir = fewshot_runs / name
     run = json.loads((run_dir / "run.json").read_text())
     assert run["data"]["train"] == 12 and run["config"]["shots"] == 4  # 4 of each of the 3 classes
-    assert run["calibration"]["split"] == "val" and run["best_epoch"] == 1
+    assert run["best_epoch"] == 1
     rows = (run_dir / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 2  # one pass, no epochs
     checkpoint = load_torch_file(run_dir / "checkpoints" / "last.pt")
@@ -120,3 +120,9 @@ def test_fewshot_mistakes_are_one_line(image_folder, tmp_path, capsys, flags, me
     assert main(["train", "--data", str(image_folder), "--out", str(tmp_path / "r"), *TINY_TRAIN, *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_lr_find_has_nothing_to_sweep_for_a_fewshot_head(image_folder, capsys):
+    assert main(["lr-find", "--data", str(image_folder), "--head", "prototype", "--weights", "none",
+                 "--model", "resnet18", "--image-size", "32"]) == 2
+    assert "no learning rate to find" in capsys.readouterr().err

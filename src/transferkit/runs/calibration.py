@@ -18,6 +18,9 @@ import torch.nn.functional as F
 # T outside this range means the fit found nothing sensible (e.g. a perfectly separated,
 # tiny validation split pushes T towards 0); clamping keeps the probabilities usable.
 MIN_T, MAX_T = 0.05, 20.0
+# Below this many validation images the fit follows noise (measured: 16 images of lfw-faces gave
+# T = 1.7 and a worse test ECE and NLL; 144 of digits cut the test ECE from 0.11 to 0.03): keep T = 1.
+MIN_IMAGES = 100
 # A weak log-normal prior on T (log T ~ N(0, 1)), added to the summed NLL: negligible for a
 # validation split of hundreds of images, it keeps a handful of them from setting an extreme T.
 PRIOR_SIGMA = 1.0

@@ -1,8 +1,9 @@
 """The end of ``transferkit train``: the best epoch's weights become the run's model, one temperature
-is fitted on the validation split (unless ``--no-calibrate``), the model is scored on the test split
-(val when there is none), and the run directory gets ``model.safetensors`` (with metadata),
-``run.json`` (with ``calibration``), the confusion matrix, the per-image outputs, ``report.html``, and
-what makes it a Hugging Face model folder: ``config.json`` where timm loads it, ``README.md``.
+is fitted on the validation split (unless ``--no-calibrate``, or the split has too few images to fit
+it on), the model is scored on the test split (val when there is none), and the run directory gets
+``model.safetensors`` (with metadata), ``run.json`` (with ``calibration``), the confusion matrix, the
+per-image outputs, ``report.html``, and what makes it a Hugging Face model folder: ``config.json``
+where timm loads it, ``README.md``.
 
 Under torchrun every process scores its share of the split; rank 0 alone reads the best
 checkpoint (the others may be on machines that cannot see the run directory, so they receive
@@ -20,7 +21,7 @@ from transferkit.core.safeio import save_safetensors_atomic, write_json_atomic
 from transferkit.engine.batches import Batches
 from transferkit.engine.checkpoint import best_path
 from transferkit.engine.loop import predict_logits
-from transferkit.runs.calibration import fit_temperature, probabilities
+from transferkit.runs.calibration import MIN_IMAGES, fit_temperature, probabilities
 from transferkit.runs.evaluate import save_outputs
 from transferkit.runs.hubfolder import weights_metadata, write_model_folder
 from transferkit.runs.metrics import score
@@ -39,8 +40,9 @@ def finish_run(run) -> dict:
         s.tm.net.load_state_dict(best_state)
     dist.broadcast_module(s.tm.net)
     shard = {"rank": dist.rank(), "world": dist.world()}
-    temperature = 1.0
-    if cfg.calibrate:  # every process fits the same T on the same gathered logits
+    temperature, n_val = 1.0, len(path.sources["val"])
+    fitted = cfg.calibrate and n_val >= MIN_IMAGES
+    if fitted:  # every process fits the same T on the same gathered logits
         val_logits, val_labels = predict_logits(path.module, Batches(path.sources["val"], run.eval_batch, **shard),
                                                 path.to_input, s.autocast)
         temperature = fit_temperature(val_logits, val_labels)
@@ -49,9 +51,12 @@ def finish_run(run) -> dict:
     logits, labels = predict_logits(path.module, batches, path.to_input, s.autocast, progress=s.progress,
                                     desc=f"scoring {test_name}")
     final = score(logits, labels, s.splits.classes, temperature)
-    if cfg.calibrate:
-        log(f"calibration: temperature {temperature:.3f} fitted on val ({len(val_labels):,} images); ECE on "
+    if fitted:
+        log(f"calibration: temperature {temperature:.3f} fitted on val ({n_val:,} images); ECE on "
             f"{test_name} {final['ece_uncalibrated']:.4f} -> {final['ece']:.4f} (top-1 unchanged)")
+    elif cfg.calibrate:
+        log(f"calibration: skipped, the validation split has {n_val} images (a temperature needs {MIN_IMAGES}); "
+            "probabilities are the plain softmax")
     result = {"run_dir": str(run.run_dir), "metrics": final, "split": test_name, "best_epoch": run.best["epoch"],
               "cached": path.cached}
     if not dist.is_main():
@@ -69,8 +74,9 @@ def finish_run(run) -> dict:
         "data": {"spec": cfg.data, **{n: len(x) for n, x in sets.items()}},
         "lr": run.lr, "best_epoch": run.best["epoch"],
         "metrics": {"split": test_name, **{k: final[k] for k in SUMMARY}},
-        "calibration": {"temperature": temperature, "split": "val" if cfg.calibrate else None,
-                        "method": "temperature scaling (L-BFGS on the validation NLL)" if cfg.calibrate else "off",
+        "calibration": {"temperature": temperature, "split": "val" if fitted else None,
+                        "method": "temperature scaling (L-BFGS on the validation NLL)" if fitted else
+                        ("off (--no-calibrate)" if not cfg.calibrate else f"none: {n_val} validation images"),
                         "ece": final["ece"], "ece_uncalibrated": final["ece_uncalibrated"], "scored_split": test_name},
         "versions": versions(),
     }

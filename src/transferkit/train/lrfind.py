@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from transferkit.core.devices import pick_device
+from transferkit.core.errors import UserError
 from transferkit.core.progress import log
 from transferkit.core.safeio import atomic_write, write_json_atomic
 from transferkit.data.specs import ignored_note, load_data
 from transferkit.engine.batches import Batches
 from transferkit.engine.optim import amp_dtype, autocast_for, make_optimizer
+from transferkit.models.fewshot import is_fewshot
 from transferkit.models.freeze import param_groups, train_mode
 from transferkit.models.outputs import split_outputs
 from transferkit.models.transfer import create_model
@@ -167,6 +169,8 @@ def auto_lr(cfg, tm, path, batches, frozen, autocast, progress, run_dir: Path) -
 
 def find_lr(cfg, progress=None, **sweep) -> LRFinding:
     """``transferkit lr-find``: build data, model and training path the way ``train`` does, then sweep."""
+    if is_fewshot(cfg.head):
+        raise UserError(f"--head {cfg.head} is fitted without gradient steps: it has no learning rate to find")
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     autocast = autocast_for(amp_dtype(device, cfg.amp))
