@@ -23,8 +23,12 @@ from transferkit.engine.batches import Batches
 from transferkit.engine.loop import classification_loss, predict_logits
 from transferkit.models.layout import get_module
 
-PROBE_ITERATIONS = 200  # L-BFGS iterations of the linear probe: a convex fit converges in far fewer
-PROBE_L2 = 1e-4         # the probe's L2 penalty on the head's weights (the paper tunes it; this is mild)
+PROBE_ITERATIONS = 100  # L-BFGS iterations per penalty (each fit starts where the stronger one ended)
+# The probe's L2 penalties on the head's weights, strongest first; validation accuracy picks one, as the
+# paper tunes it. Measured on Fashion-MNIST features (10,000 images): 1e-4 fits the training images
+# to 98% and validation to 83.9%, 1e-2 gives 94.6% / 86.0%: a weak penalty over-fits, and a
+# fine-tuning phase that starts from an over-fitted head has little left to learn.
+PROBE_L2 = (1e-1, 1e-2, 1e-3)
 
 
 def head_features(s, eval_batch: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor, torch.nn.Module]:
@@ -53,35 +57,43 @@ def fit_fewshot_head(s, eval_batch: int) -> dict:
 
 def linear_probe(s, eval_batch: int) -> dict:
     """LP-FT's first phase: the head alone, full-batch L-BFGS to convergence on the frozen features
-    (eval mode: no dropout), with the run's label smoothing and a mild L2 penalty. Every process
-    fits the same head on the same gathered features, deterministically."""
+    (eval mode: no dropout), with the run's label smoothing and an L2 penalty chosen on validation.
+    Every process fits the same head on the same gathered features, deterministically."""
     started = time.perf_counter()
     features, labels, head = head_features(s, eval_batch)
+    val_features, val_labels, _ = head_features(s, eval_batch, "val")
     params = [p for p in head.parameters() if p.requires_grad]
     penalised = [p for p in params if p.ndim > 1]
     was_training = head.training
     head.eval()
-    optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=PROBE_ITERATIONS, history_size=20,
-                                  line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
-    steps = []
+    accuracy = lambda x, y: float((head(x).argmax(1) == y).double().mean())  # noqa: E731
+    best, evaluations = None, 0
+    for l2 in PROBE_L2:
+        optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=PROBE_ITERATIONS, history_size=20,
+                                      line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
 
-    def closure():
-        optimizer.zero_grad()
-        loss = classification_loss(head(features), labels, s.cfg.label_smoothing)
-        loss = loss + 0.5 * PROBE_L2 * sum(p.pow(2).sum() for p in penalised)
-        loss.backward()
-        steps.append(float(loss.detach()))
-        return loss
+        def closure():
+            nonlocal evaluations
+            optimizer.zero_grad()
+            loss = classification_loss(head(features), labels, s.cfg.label_smoothing)
+            loss = loss + 0.5 * l2 * sum(p.pow(2).sum() for p in penalised)
+            loss.backward()
+            evaluations += 1
+            return loss
 
-    optimizer.step(closure)
+        optimizer.step(closure)
+        with torch.no_grad():
+            val_acc = accuracy(val_features, val_labels)
+            if best is None or val_acc > best["val_acc"]:  # ties keep the stronger penalty
+                best = {"val_acc": val_acc, "l2": l2, "state": {k: v.clone() for k, v in head.state_dict().items()}}
+    head.load_state_dict(best["state"])
     head.train(was_training)
     dist.broadcast_module(head)  # identical already; rank 0's copy settles any rounding difference
-    val_features, val_labels, _ = head_features(s, eval_batch, "val")
     with torch.no_grad():
-        train_acc = float((head(features).argmax(1) == labels).double().mean())
-        val_acc = float((head(val_features).argmax(1) == val_labels).double().mean())
-    result = {"train_acc": round(train_acc, 6), "val_acc": round(val_acc, 6), "loss": round(steps[-1], 6),
-              "evaluations": len(steps), "seconds": round(time.perf_counter() - started, 2)}
-    log(f"--recipe lpft: linear probe on {len(labels):,} training images: val acc {val_acc:.4f}, train acc "
-        f"{train_acc:.4f} ({len(steps)} L-BFGS evaluations, {result['seconds']:.1f} s); fine-tuning from it")
+        train_acc = accuracy(features, labels)
+    result = {"train_acc": round(train_acc, 6), "val_acc": round(best["val_acc"], 6), "l2": best["l2"],
+              "evaluations": evaluations, "seconds": round(time.perf_counter() - started, 2)}
+    log(f"--recipe lpft: linear probe on {len(labels):,} training images: val acc {best['val_acc']:.4f}, train acc "
+        f"{train_acc:.4f} (L2 {best['l2']:g} of {', '.join(f'{v:g}' for v in PROBE_L2)}; {evaluations} L-BFGS "
+        f"evaluations, {result['seconds']:.1f} s); fine-tuning from it")
     return result
