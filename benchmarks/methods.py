@@ -45,7 +45,8 @@ class Bench:
     def __init__(self, args):
         self.args, self.work = args, Path(args.work or tempfile.mkdtemp(prefix="tk-methods-"))
         self.rows: list[dict] = []
-        self.count = 0
+        runs = self.work / "runs"
+        self.count = len(list(runs.iterdir())) if runs.is_dir() else 0  # never reuse a run directory name
 
     def fit(self, name: str, splits: DataSplits | None = None, **settings) -> tuple[dict, dict, float]:
         """Train one run; (result, run.json, seconds)."""
