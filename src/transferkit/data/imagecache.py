@@ -20,6 +20,7 @@ import io
 import json
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,11 @@ def _start_job(partial: str, items: list, size: int, interpolation: str, max_pix
                 max_pixels=max_pixels)
 
 
+def _start_worker(*args) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no traceback per worker
+    _start_job(*args)
+
+
 def _decode_rows(start: int, stop: int) -> list:
     """Decode rows ``start..stop`` into the partial file; ``[(row, reason)]`` for broken files."""
     job, bad = _job, []
@@ -118,12 +124,17 @@ def _decode_share(partial: Path, items: list, rows: range, size: int, interpolat
         return bad
     # fork: the workers start at once and inherit the item list instead of unpickling it.
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_job, initargs=args) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=args)
+    try:
         futures = {pool.submit(_decode_rows, start, stop): stop - start for start, stop in chunks}
         for future in as_completed(futures):
             bad += future.result()
             if bar:
                 bar.update(futures[future])
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: stop now, not after every queued image
+        raise
+    pool.shutdown()
     return bad
 
 

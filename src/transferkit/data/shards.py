@@ -50,11 +50,9 @@ _SPLIT_NAMES = {"training": "train", "train": "train", "validation": "val", "val
 
 def is_shard_spec(spec: str) -> bool:
     """A tar file or pattern of them (braces, globs), or a folder holding ``*.tar`` files and no sub-folders."""
-    if ".tar" in spec.lower():
-        return True
     path = Path(spec).expanduser()
     if not path.is_dir():
-        return False
+        return ".tar" in spec.lower()
     entries = list(os.scandir(path))
     return any(e.name.endswith(".tar") for e in entries) and not any(e.is_dir() for e in entries)
 
