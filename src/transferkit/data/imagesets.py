@@ -142,7 +142,7 @@ class DataCache:
 
 def decode_splits(sets: dict, size: int, interpolation: str = "bilinear", *, skip_bad: bool = False,
                   max_pixels: int = DEFAULT_MAX_PIXELS, progress=None, consequence: str = "",
-                  announce: bool = True, cache: DataCache | None = None) -> dict:
+                  announce: bool = True, cache: DataCache | None = None, tell=log) -> dict:
     """``{split: image set}`` with every file-backed set decoded into uint8 (the one policy for broken
     files, shared by train, eval, embed and export).
 
@@ -150,7 +150,9 @@ def decode_splits(sets: dict, size: int, interpolation: str = "bilinear", *, ski
     command) and are then held in memory or streamed from disk (``cache.feed``); without it they
     are decoded into memory. Broken files are never swapped for other images: without
     ``skip_bad`` they stop the command with one error listing all of them (from every split);
-    with it they are dropped and counted. ``announce`` logs how the data is fed, in one line.
+    with it they are dropped and counted. ``announce`` also says how the data is fed, in one line
+    handed to ``tell`` (train holds it back until the model has run a batch: a user's mistake
+    there is the only line printed).
     """
     out, bad, cached = {}, [], {}
     for name, imageset in sets.items():
@@ -180,7 +182,7 @@ def decode_splits(sets: dict, size: int, interpolation: str = "bilinear", *, ski
                      DiskImages(decoded.records, rows, labels, imageset.classes, imageset.name, paths, key,
                                 pin_memory=cache.pin_memory))
     if announce:
-        log(feeding(out, cached, size, cache, in_memory))
+        tell(feeding(out, cached, size, cache, in_memory))
     return out
 
 
