@@ -19,7 +19,7 @@ import torch
 
 from transferkit.core.cachedir import cache_root
 from transferkit.core.progress import log
-from transferkit.data.imagecache import DiskImages, decode_cached, load_item
+from transferkit.data.imagecache import DiskImages, decode_cached, load_item, open_item
 from transferkit.data.images import DEFAULT_MAX_PIXELS, BadImage, unusable
 
 MEMORY_FEED_BYTES = 512 << 20  # --feed auto: decoded images up to this size are held in memory
@@ -80,6 +80,18 @@ class FileImages:
     def item(self, i: int):
         """What the decoder opens (imagecache.open_item): a path, or ``(name, shard, offset, size)``."""
         return self.paths[i] if self.members is None else (self.paths[i], *self.members[i])
+
+    def encoded(self):
+        """What ``data check`` inspects, undecoded: each file's path, or ``(name, its bytes | BadImage)``
+        for a member of a tar shard (read here, in order, so a shard is read front to back)."""
+        for i in range(len(self)):
+            if self.members is None:
+                yield self.paths[i]
+                continue
+            try:
+                yield self.paths[i], open_item(self.item(i))
+            except BadImage as bad:
+                yield self.paths[i], bad
 
     def subset(self, index) -> "FileImages":
         index = list(index)
