@@ -12,6 +12,8 @@ from transferkit.core.config import add_arguments
 # For every command that loads a run: a run trained on users' code stores that code and runs it.
 TRUSTED_RUN = ("a run directory. A run trained on your own model, head or plugin code keeps that code in "
                "RUN_DIR/code/ and runs it when loaded: load only runs you trust")
+CACHE_DIR_HELP = ("the cache folder holding decoded images (default: the run's own --cache-dir, else the user "
+                  "cache dir)")
 PLUGIN_HELP = ("import FILE.py first; it may register backbones with @transferkit.register_backbone('name'). "
                "This runs FILE.py's code: only use plugins you trust")
 
@@ -93,6 +95,7 @@ def _eval(sub):
     p.add_argument("--report", metavar="OUT.html",
                    help="also write the run's report, scored on this data and split, to OUT.html")
     p.add_argument("--skip-bad", action="store_true", help="drop unreadable images (and say how many) instead of stopping")
+    p.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     p.set_defaults(module="eval")
 
 
@@ -136,6 +139,7 @@ def _embed(sub):
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the train/val split of a plain folder (default: the run's own seed; 0 with --model)")
     p.add_argument("--skip-bad", action="store_true", help="drop unreadable images (and say how many) instead of stopping")
+    p.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(module="embed")
@@ -183,7 +187,24 @@ def _demo(sub):
     p.set_defaults(module="demo")
 
 
-COMMANDS = (_models, _data, _train, _lr_find, _eval, _report, _predict, _embed, _export, _serve, _demo)  # --help order
+def _cache(sub):
+    p = add_command(sub, "cache", "what the cache folder holds (cached features, decoded images), and emptying it; "
+                    "deleting it is always safe: a later run rebuilds what it needs",
+                    "transferkit cache list\n  transferkit cache clear --kind images")
+    cache_sub = p.add_subparsers(dest="cache_command", metavar="list|clear", parser_class=Parser)
+    cache_sub.required = True
+    for name, text in (("list", "every cache entry with its size, and the total per kind"),
+                       ("clear", "delete cache entries (entries that a running process is building are skipped)")):
+        c = cache_sub.add_parser(name, help=text, description=text)
+        c.add_argument("--cache-dir", help="the cache folder (default: the user cache dir, as for train)")
+        c.add_argument("--kind", choices=("features", "images", "all"), default="all",
+                       help="cached features, decoded images, or both (default: all)")
+        if name == "list":
+            c.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(module="cache")
+
+
+COMMANDS = (_models, _data, _train, _lr_find, _eval, _report, _predict, _embed, _export, _serve, _demo, _cache)  # --help order
 
 
 def build_parser() -> argparse.ArgumentParser:

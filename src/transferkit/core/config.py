@@ -53,7 +53,13 @@ class TrainConfig:
     device: str = opt("auto", "auto | cpu | cuda | cuda:N", )
     amp: str = opt("auto", "auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16", choices=("auto", "off", "bf16", "fp16"))
     cache: bool = opt(True, "cache the frozen part's outputs and train the rest on them (--no-cache: plain loop)")
-    cache_dir: str = opt("", "feature cache folder (default: the user cache dir)")
+    cache_dir: str = opt("", "cache folder for cached features and decoded images (default: the user cache dir); "
+                             "`transferkit cache list` shows what it holds, `cache clear` empties it")
+    data_cache: bool = opt(True, "decode image files once, at the run's size, into the cache folder and reuse them in "
+                                 "every later run, eval, lr-find and embed (--no-data-cache: decode into memory each time)")
+    feed: str = opt("auto", "how decoded images reach the model: auto (in memory up to 512 MB, else streamed) | "
+                            "memory | stream (read from the decoded-image cache batch by batch: memory does not grow "
+                            "with the data set)", choices=("auto", "memory", "stream"))
     skip_bad: bool = opt(False, "drop unreadable images (and say how many) instead of stopping")
     max_pixels: int = opt(89_478_485, "refuse images with more pixels than this (decompression bombs)")
     checkpoint_every: int = opt(0, "also checkpoint every N optimizer steps (0: at epoch ends only)")
@@ -83,6 +89,8 @@ class TrainConfig:
             allowed = f.metadata.get("choices")
             if allowed and getattr(self, f.name) not in allowed:
                 raise UserError(f"--{f.name.replace('_', '-')} must be one of {', '.join(allowed)}")
+        if self.feed == "stream" and not self.data_cache:
+            raise UserError("--feed stream reads the decoded-image cache: drop --no-data-cache")
         if not (0 <= self.label_smoothing < 1) or self.backbone_lr_scale < 0 or self.warmup_epochs < 0:
             raise UserError("--label-smoothing must be in [0, 1); --backbone-lr-scale and --warmup-epochs >= 0")
         return self
@@ -147,8 +155,9 @@ def build_config(flags: dict, config_file: str | None = None) -> TrainConfig:
     return TrainConfig(**values).validate()
 
 
-# What a resume may change: how long it runs, how often it checkpoints, how it reports.
-CHANGEABLE_ON_RESUME = ("epochs", "checkpoint_every", "quiet")
+# What a resume may change: how long it runs, how often it checkpoints, how it reports, where its
+# caches live and how data is fed (none of which changes a number).
+CHANGEABLE_ON_RESUME = ("epochs", "checkpoint_every", "quiet", "cache_dir", "data_cache", "feed")
 
 
 def resume_config(saved: dict, cfg: TrainConfig) -> TrainConfig:

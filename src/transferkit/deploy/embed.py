@@ -15,14 +15,14 @@ from transferkit.core import distributed as dist
 from transferkit.core.devices import uses_convolutions
 from transferkit.core.errors import UserError
 from transferkit.core.safeio import atomic_write
-from transferkit.data.imagesets import decode_splits
+from transferkit.data.imagesets import DataCache, decode_splits
 from transferkit.data.specs import load_data
 from transferkit.data.transforms import prepare
 from transferkit.engine.batches import Batches
 from transferkit.engine.loop import predict_logits
 from transferkit.models.cut import HeadInput
 from transferkit.models.registry import create_backbone, describe
-from transferkit.runs.rundir import load_run
+from transferkit.runs.rundir import load_run, read_run
 
 
 class Flat(torch.nn.Module):
@@ -46,16 +46,17 @@ def embedder(run_dir: str | None, model: str | None, weights: str = "imagenet"):
 
 
 def embed(source: str, data: str, out: str, from_run: bool, device: str = "auto", batch_size: int = 128,
-          progress=None, seed: int | None = None, skip_bad: bool = False, weights: str = "imagenet") -> dict:
+          progress=None, seed: int | None = None, skip_bad: bool = False, weights: str = "imagenet",
+          cache_dir: str | None = None) -> dict:
     """Embed every split of ``data`` into ``out``. Under torchrun each process embeds a share of
     every split and rank 0 writes the gathered file. ``seed`` splits a plain folder into train/val
     (default: the run's own seed, so the split column matches the run's training split). ``weights``:
     the pretrained weights of a model given by name (as ``--weights``)."""
     with dist.scope():
-        return _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad, weights)
+        return _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad, weights, cache_dir)
 
 
-def _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad, weights) -> dict:
+def _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad, weights, cache_dir) -> dict:
     out_path = Path(out)
     if out_path.suffix not in (".npz", ".parquet"):
         raise UserError(f"--out {out}: use a .npz or .parquet file name")
@@ -68,7 +69,7 @@ def _embed(source, data, out, from_run, device, batch_size, progress, seed, skip
     rows = {"embedding": [], "label": [], "split": [], "path": []}
     sets = {n: s for n in ("train", "val", "test") if (s := getattr(splits, n)) is not None}
     sets = decode_splits(sets, pre.size, pre.interpolation, skip_bad=skip_bad, progress=progress,
-                         consequence=", nothing embedded")
+                         consequence=", nothing embedded", cache=DataCache.from_settings(read_run(source)["config"] if from_run else {}, dev, cache_dir))
     for name, imageset in sets.items():
         feats, labels = predict_logits(module, Batches(imageset, batch_size, rank=dist.rank(), world=dist.world()),
                                        lambda raw, _s, _b: prepare(raw, pre, dev, channels_last),

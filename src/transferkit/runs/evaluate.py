@@ -11,7 +11,7 @@ from transferkit.core.devices import uses_convolutions
 from transferkit.core.errors import UserError
 from transferkit.core.safeio import atomic_write, write_json_atomic
 from transferkit.data.images import DEFAULT_MAX_PIXELS
-from transferkit.data.imagesets import decode_splits
+from transferkit.data.imagesets import DataCache, decode_splits
 from transferkit.data.specs import load_data
 from transferkit.data.transforms import prepare
 from transferkit.engine.batches import Batches
@@ -59,15 +59,15 @@ def save_outputs(run_dir: str | Path, split: str, logits: torch.Tensor, labels: 
 
 def evaluate_run(run_dir: str, data: str | None = None, split: str = "test", device: str = "auto",
                  batch_size: int = 128, progress=None, max_pixels: int | None = None, splits=None,
-                 skip_bad: bool = False) -> dict:
+                 skip_bad: bool = False, cache_dir: str | None = None) -> dict:
     """Score ``run_dir`` on ``split`` of ``data`` (the run's own data when None); ``splits``: ready
     DataSplits from the Python API instead of a spec. Under torchrun each process scores a share
     of the split, all get the whole result, and rank 0 writes the files."""
     with dist.scope():
-        return _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad)
+        return _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, cache_dir)
 
 
-def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad) -> dict:
+def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, cache_dir) -> dict:
     tm, pre, classes, run = load_run(run_dir)
     spec = splits.spec if splits is not None else data or run["config"]["data"]
     splits = splits if splits is not None else load_data(spec, run["config"].get("seed", 0))
@@ -75,9 +75,10 @@ def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels
     imageset = original = splits.split(split)
     if split == "test" and splits.test is None:
         split = "val"  # data without a test split is scored on val: name it so everywhere
+    dev = dist.setup(device)  # before decoding: under torchrun the processes decode their shares together
     imageset = decode_splits({split: imageset}, pre.size, pre.interpolation, skip_bad=skip_bad, progress=progress,
-                             max_pixels=max_pixels or run["config"].get("max_pixels", DEFAULT_MAX_PIXELS))[split]
-    dev = dist.setup(device)
+                             max_pixels=max_pixels or run["config"].get("max_pixels", DEFAULT_MAX_PIXELS),
+                             cache=DataCache.from_settings(run["config"], dev, cache_dir))[split]
     net = tm.net.to(dev)
     channels_last = uses_convolutions(net)
     if channels_last:

@@ -7,14 +7,14 @@ touches their input, and the architecture can be cut there. ``train`` prints the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
+from transferkit.core.cachedir import cache_root
 from transferkit.core.devices import uses_convolutions
 from transferkit.data.transforms import Preprocess, prepare, random_flip
-from transferkit.engine.feature_cache import build_features, cache_key, default_cache_dir
+from transferkit.engine.feature_cache import build_features, cache_key
 from transferkit.models.cut import front_sha256, split_is_exact
 from transferkit.models.plugins import model_code_sha256
 
@@ -62,7 +62,7 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
                          "return its output, so it cannot be cut there")
     if channels_last:
         front = front.to(memory_format=torch.channels_last)
-    root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    root = cache_root(cfg.cache_dir)
     # The key names what the front computes: its own tensors (not the weights the run claims to
     # have loaded: a cache filled by other weights would silently train on wrong features), its
     # module paths and functional steps in order, and settings such as Inception's transform_input.
@@ -73,17 +73,17 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
     features, built, size = {}, 0, 0
     for name, imageset in sets.items():
         key = cache_key(dict(key_parts, data=imageset.fingerprint()))
-        features[name] = build_features(front, imageset, pre, root / key, key, device, channels_last,
+        features[name] = build_features(front, imageset, pre, root, key, device, channels_last,
                                         batch_size=256 if device.type == "cpu" else 512,
                                         progress=progress, autocast=autocast)
         built += len(imageset) if features[name].built else 0
         size += features[name].nbytes
-    shape = "x".join(str(d) for d in features["train"].features.shape[1:])
+    shape = "x".join(str(d) for d in features["train"].shape[1:])
     reused = sum(len(f) for f in features.values()) - built
     what = " + ".join(part for part in (f"built {built:,}" if built else "", f"reused {reused:,}" if reused else "") if part)
     frozen_part = "backbone" if plan.cut >= len(tm.layout.stages) else f"first {plan.cut} stages"
     message = (f"feature cache: on ({frozen_part} frozen, no augmentation): {what} images"
-               f" x {shape} fp16 ({size / 1e6:.0f} MB) in {root}; training {_trainable_names(tm, plan.cut)} from it")
+               f" x {shape} fp16 ({size / 1e6:.0f} MB) in {root / 'features'}; training {_trainable_names(tm, plan.cut)} from it")
 
     def to_input(raw, state, b):
         x = raw.to(device, non_blocking=True).float()
