@@ -86,7 +86,11 @@ def _valid(folder: Path, key: str, n: int) -> bool:
 @torch.inference_mode()
 def build_features(front: torch.nn.Module, imageset, pre: Preprocess, folder: Path, key: str, device,
                    channels_last: bool, batch_size: int = 256, progress=None, autocast=None) -> FeatureSet:
-    """Reuse the cache in ``folder`` when valid (for every process), else (re)build it."""
+    """Reuse the cache in ``folder`` when valid (for every process), else (re)build it.
+
+    ``front`` computes the features from a preprocessed batch: the frozen torch module, or an
+    inference engine the caller chose (``runtimes``; this layer knows none of them).
+    """
     n = len(imageset)
     built = not dist.all_true(_valid(folder, key, n))
     if built:
