@@ -178,17 +178,15 @@ def export_run(run_dir: str | Path, fmt: str, opset: int = DEFAULT_OPSET, sample
 
 def _check(fmt, tmp: Path, x, expected, source: str, tolerance: float, module, guard, precision: str) -> dict:
     """The written file against PyTorch: within the fp32 bound, or through the accuracy guard."""
-    exported, _meta = open_exported(fmt, tmp)
     if guard is None:
-        with torch.inference_mode():
-            got = exported(x)
+        got = run_exported(fmt, tmp, x)
         diff = float((got.float() - expected.float()).abs().max())
         bound = tolerance * max(1.0, float(expected.abs().max()))
         if not diff <= bound:  # also catches NaN
             raise UserError(f"the {fmt} export disagrees with PyTorch: largest logit difference "
                             f"{diff:.3g} > {bound:.3g} on {source}; nothing was written")
         return {"max_abs_diff": diff, "tolerance": bound, "inputs": source}
-    verdict = judge(module, exported, guard)
+    verdict = judge(module, open_exported(fmt, tmp)[0], guard)
     if not verdict["ok"]:
         raise UserError(f"--precision {precision} refused: {verdict['text']}; nothing was written")
     return {"guard": verdict["text"], "agreement": verdict["agreement"], "accuracy": verdict["accuracy"],

@@ -117,7 +117,7 @@ def choose(frozen: Frozen, sample: torch.Tensor, settings: Settings, guard: Guar
     where = source or f"{len(sample)} images"
     torch_engine = build_engine("torch", frozen.module, "fp32", settings, None)
     reference, seconds = _run(torch_engine, sample) if len(sample) else (torch.zeros(0), 0.0)
-    if settings.backend != "torch" and not (settings.images is not None and settings.images < SMALL_JOB):
+    if settings.backend != "torch" and not (settings.images is not None and settings.images < SMALL_JOB) and len(sample):
         seconds = _run(torch_engine, sample)[1]  # timed warm, as every other engine is
     speeds, notes, diffs = {"torch": len(sample) / max(seconds, 1e-9)}, [], {}
     bound = limit(reference)
@@ -128,7 +128,8 @@ def choose(frozen: Frozen, sample: torch.Tensor, settings: Settings, guard: Guar
         if settings.backend != "auto":
             raise UserError(f"--backend {settings.backend}: no readable image to check it against torch on")
         candidates, notes = [], ["no readable image to check another engine on"]
-    elif settings.backend == "auto" and settings.images is not None and settings.images < SMALL_JOB:
+    elif settings.backend == "auto" and settings.precision == "fp32" and settings.images is not None \
+            and settings.images < SMALL_JOB:
         candidates, notes = [], [f"{settings.images} images: converting would cost more than it saves"]
     engines, entry, onnx = {"torch": torch_engine}, None, None
     missing = [n for n in candidates if not installed(n)]
@@ -200,20 +201,10 @@ def _reduced(frozen, fp32, onnx, entry, settings: Settings, guard: Guard | None,
 
     if guard is None:
         return refuse("no labelled validation images to check it on (a run's data, or a data set with a val split)")
-    name = _reduced_engine_name(precision, settings.backend, fp32)
-    if isinstance(name, tuple):
-        return refuse(name[1])
-    try:
-        if name == "torch":
-            engine = build_engine("torch", frozen.module, precision, settings, None)
-        elif precision == "bf16":
-            engine = build_engine(name, onnx, "bf16", settings, entry)
-        else:
-            engine = build_engine(name, _int8_file(name, onnx, entry, guard), "int8", settings, entry)
-    except UserError:
-        raise
-    except Exception as exc:  # quantization or compilation failed on this network
-        return refuse(f"{name} could not build it ({_first_line(exc)})")
+    engine = build_reduced(frozen, precision, settings, onnx, entry, guard.calibration)
+    if isinstance(engine, str):
+        return refuse(engine)
+    name = engine.name
     verdict = judge(fp32, engine, guard)
     report.update(guard=verdict)
     if not verdict["ok"]:
@@ -227,7 +218,27 @@ def _reduced(frozen, fp32, onnx, entry, settings: Settings, guard: Guard | None,
     return Choice(engine, message, report)
 
 
-def _reduced_engine_name(precision: str, backend: str, fp32: Engine) -> str | tuple:
+def build_reduced(frozen: Frozen, precision: str, settings: Settings, onnx: Path | None, entry: Entry | None,
+                  calibration: Callable[[], torch.Tensor]) -> Engine | str:
+    """The bf16/int8 engine (not yet judged), or why there is none. ``calibration()``: int8's images."""
+    name = _reduced_engine_name(precision, settings.backend)
+    if isinstance(name, tuple):
+        return name[1]
+    try:
+        if name == "torch":
+            return build_engine("torch", frozen.module, precision, settings, None)
+        if onnx is None or entry is None:
+            return f"the {frozen.what} could not be converted to ONNX"
+        if precision == "bf16":
+            return build_engine(name, onnx, "bf16", settings, entry)
+        return build_engine(name, _int8_file(name, onnx, entry, calibration), "int8", settings, entry)
+    except UserError:
+        raise
+    except Exception as exc:  # quantization or compilation failed on this network
+        return f"{name} could not build it ({_first_line(exc)})"
+
+
+def _reduced_engine_name(precision: str, backend: str) -> str | tuple:
     """The engine that runs ``precision`` here, or ``(None, why not)``."""
     if precision == "bf16":
         has = reduced.bf16_support()
@@ -245,10 +256,8 @@ def _reduced_engine_name(precision: str, backend: str, fp32: Engine) -> str | tu
     return engine or (None, "neither NNCF nor onnxruntime is installed")
 
 
-def _int8_file(name: str, onnx: Path | None, entry: Entry | None, guard: Guard) -> Path:
-    if onnx is None or entry is None:
-        raise UserError("--precision int8 needs the network converted to ONNX; it could not be (see above)")
-    images = guard.calibration().numpy()
+def _int8_file(name: str, onnx: Path, entry: Entry, calibration: Callable[[], torch.Tensor]) -> Path:
+    images = calibration().numpy()
     tag = reduced.calibration_key(images)
     if name == "openvino":
         return entry.file(f"int8-{tag}.xml", lambda p: reduced.quantize_openvino(onnx, images, p),
@@ -275,4 +284,4 @@ class Lazy(nn.Module):
         return self.choice.engine(x)
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "Choice", "Frozen", "Guard", "Lazy", "Settings", "choose", "validate"]
+__all__ = ["BACKENDS", "PRECISIONS", "Choice", "Frozen", "Guard", "Lazy", "Settings", "build_reduced", "choose", "validate"]
