@@ -53,6 +53,8 @@ def front_engine(cfg, front, sets: dict, pre: Preprocess, device, root: Path, co
     ``runtimes`` (chosen on first use, so a cache that is reused converts nothing); on a GPU, or
     under torchrun's several CPU processes with ``--backend auto``, the front itself in torch."""
     validate(cfg.backend, cfg.precision, cfg.threads)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # --threads is torch's too, training included
     several = dist.world() > 1
     if device.type != "cpu" or (several and cfg.backend == "auto"):
         if cfg.backend not in ("auto", "torch") or cfg.precision != "fp32":
