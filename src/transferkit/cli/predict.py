@@ -1,9 +1,12 @@
 """``transferkit predict``."""
 from transferkit.core.devices import pick_device
 from transferkit.core.errors import UserError
-from transferkit.core.progress import make_progress
-from transferkit.deploy.backends import load_exported, load_predictor
-from transferkit.deploy.predict import collect_images, format_predictions, is_run_dir, predict_images
+from transferkit.core.progress import log, make_progress
+from transferkit.deploy.backends import EXPORTED, load_backend, load_predictor
+from transferkit.deploy.predict import collect_images, format_predictions, is_run_dir, predict_images, sample_images
+from transferkit.models.outputs import Logits
+from transferkit.runs.inference import engine_settings
+from transferkit.runtimes.choose import Frozen, choose
 
 
 def run(args) -> int:
@@ -16,17 +19,28 @@ def run(args) -> int:
             raise UserError("give at least one image or folder after the run directory")
     if args.weights and not args.model:
         raise UserError("--weights goes with --model NAME; a run directory brings its own weights")
-    if args.backend != "torch" and args.model:
+    if args.backend in EXPORTED and args.model:
         raise UserError(f"--backend {args.backend} predicts with an exported run; give RUN_DIR instead of --model")
     if args.topk < 1:
         raise UserError("--topk must be at least 1")
     paths = collect_images(inputs)
-    if args.backend == "torch":
-        net, pre, classes = load_predictor(run_dir, args.model, args.weights or "imagenet")
-        device = pick_device(args.device)
+    device = pick_device(args.device)
+    if device.type != "cpu" and args.backend in ("auto", "torch") and args.precision == "fp32":
+        net, pre, classes = load_predictor(run_dir, args.model, args.weights or "imagenet")  # the GPU runs torch
+    elif device.type != "cpu":
+        raise UserError(f"--backend {args.backend} --precision {args.precision} run on the CPU; use --device cpu")
+    elif run_dir:
+        net, pre, classes, _run, message = load_backend(run_dir, args.backend, args.precision, args.threads, "batch",
+                                                        lambda pre: sample_images(paths, pre), len(paths))
+        log(message)
     else:
-        net, pre, classes = load_exported(run_dir, args.backend)
-        device = "cpu"  # the exported file runs where its runtime runs: the CPU here
+        net, pre, classes = load_predictor(None, args.model, args.weights or "imagenet")
+        settings = engine_settings(args.backend, args.precision, args.threads, images=len(paths))
+        # No run, no labelled validation images: the guard refuses reduced precision (one line saying so).
+        choice = choose(Frozen(Logits(net).eval(), pre.size, "classifier"), sample_images(paths, pre), settings,
+                        None, "the images to predict")
+        net = choice.engine
+        log(choice.message)
     results = predict_images(net.to(device), pre, classes, paths, args.topk, device=device,
                              progress=make_progress(args.quiet))
     print(format_predictions(results, args.format))

@@ -41,7 +41,7 @@ from transferkit.core.errors import UserError
 from transferkit.core.progress import log
 from transferkit.core.safeio import write_json_atomic
 
-KINDS = ("features", "images")
+KINDS = ("features", "images", "engines")  # engines: runtimes/store.py (converted networks)
 META = "meta.json"
 # Tests set this to a folder: a builder holding a lock then waits for the file "go" in it, so a
 # test decides the order of two real processes without sleeping (see tests/test_cachedir.py).

@@ -60,6 +60,15 @@ class TrainConfig:
     feed: str = opt("auto", "how decoded images reach the model: auto (in memory up to 512 MB, else streamed) | "
                             "memory | stream (read from the decoded-image cache batch by batch: memory does not grow "
                             "with the data set)", choices=("auto", "memory", "stream"))
+    backend: str = opt("auto", "engine of the frozen forward pass that fills the feature cache, on the CPU: auto (the "
+                               "fastest installed one that matches torch within 1e-4 on your images) | torch | "
+                               "onnxruntime | openvino", choices=("auto", "torch", "onnxruntime", "openvino"))
+    precision: str = opt("fp32", "fp32 (exact) | bf16 | int8 for that forward pass; bf16/int8 only if, on the "
+                                 "validation split, a probe's top-1 agreement with fp32 is at least 0.99 and its "
+                                 "accuracy drops by at most 0.5 points, else the cache is built in fp32 (and the log "
+                                 "says so)",
+                         choices=("fp32", "bf16", "int8"))
+    threads: int = opt(0, "CPU threads of the inference engines and of torch (0: every core)")
     skip_bad: bool = opt(False, "drop unreadable images (and say how many) instead of stopping")
     max_pixels: int = opt(89_478_485, "refuse images with more pixels than this (decompression bombs)")
     checkpoint_every: int = opt(0, "also checkpoint every N optimizer steps (0: at epoch ends only)")
@@ -76,8 +85,10 @@ class TrainConfig:
         for name in ("epochs", "accumulate"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.image_size < 0 or self.max_pixels < 1 or self.checkpoint_every < 0 or self.train_limit < 0:
-            raise UserError("--image-size, --max-pixels, --checkpoint-every and --train-limit must not be negative")
+        if self.image_size < 0 or self.max_pixels < 1 or self.checkpoint_every < 0 or self.train_limit < 0 \
+                or self.threads < 0:
+            raise UserError("--image-size, --max-pixels, --checkpoint-every, --train-limit and --threads must not be "
+                            "negative")
         if self.batch_size != "auto" and not (str(self.batch_size).isdigit() and int(self.batch_size) > 0):
             raise UserError(f"--batch-size must be a positive integer or 'auto', got '{self.batch_size}'")
         if str(self.lr) != "auto":
@@ -156,8 +167,9 @@ def build_config(flags: dict, config_file: str | None = None) -> TrainConfig:
 
 
 # What a resume may change: how long it runs, how often it checkpoints, how it reports, where its
-# caches live and how data is fed (none of which changes a number).
-CHANGEABLE_ON_RESUME = ("epochs", "checkpoint_every", "quiet", "cache_dir", "data_cache", "feed")
+# caches live, how data is fed and which engine computes the frozen part (none of which changes a
+# number beyond the 1e-4 every engine is held to).
+CHANGEABLE_ON_RESUME = ("epochs", "checkpoint_every", "quiet", "cache_dir", "data_cache", "feed", "backend", "threads")
 
 
 def resume_config(saved: dict, cfg: TrainConfig) -> TrainConfig:

@@ -10,6 +10,7 @@ from transferkit.core.safeio import sha256_file
 from transferkit.data.transforms import Preprocess
 from transferkit.models.outputs import Logits
 from transferkit.models.registry import create_backbone
+from transferkit.runs.inference import classifier_engine, engine_settings
 from transferkit.runs.rundir import load_run, read_run
 from transferkit.runtimes.exported import export_paths, open_exported
 
@@ -30,13 +31,30 @@ def load_exported(run_dir: str | Path, fmt: str):
     return module, Preprocess.from_json(meta["preprocess"]), list(meta["classes"])
 
 
-def load_backend(run_dir: str | Path, backend: str = "torch"):
-    """``(module, Preprocess, classes, run)`` for the chosen backend, ready for inference."""
-    if backend == "torch":
-        tm, pre, classes, run = load_run(run_dir)
-        return Logits(tm.net).eval(), pre, classes, run
-    module, pre, classes = load_exported(run_dir, backend)
-    return module, pre, classes, read_run(run_dir)
+EXPORTED = {"onnx": "onnx", "torchscript": "torchscript", "openvino-ir": "openvino"}  # --backend -> export format
+
+
+def load_backend(run_dir: str | Path, backend: str = "torch", precision: str = "fp32", threads: int = 0,
+                 mode: str = "latency", sample=None, images: int | None = None):
+    """``(module, Preprocess, classes, run, message)`` ready for inference on the CPU.
+
+    ``backend``: an engine (auto, torch, onnxruntime, openvino: the run's weights, converted and
+    checked by ``runtimes``) or a file ``transferkit export`` wrote (onnx, torchscript, openvino-ir).
+    ``sample(pre)``: preprocessed real images for the parity check (default: from the run's data).
+    """
+    if backend in EXPORTED:
+        if precision != "fp32":
+            raise UserError("--precision goes with an engine (--backend auto|torch|onnxruntime|openvino); an exported "
+                            "file keeps the precision `transferkit export --precision` gave it")
+        module, pre, classes = load_exported(run_dir, EXPORTED[backend])
+        return module, pre, classes, read_run(run_dir), f"backend {backend}: {export_paths(run_dir, EXPORTED[backend])[0]}"
+    tm, pre, classes, run = load_run(run_dir)
+    if backend == "torch" and precision == "fp32" and sample is None and images is None:
+        return Logits(tm.net).eval(), pre, classes, run, "backend torch"  # nothing to check or time
+    settings = engine_settings(backend, precision, threads, mode=mode, images=images)
+    x = sample(pre) if sample is not None else None
+    choice = classifier_engine(tm, pre, run, classes, settings, x, f"{len(x)} of the images to predict" if x is not None else "")
+    return choice.engine, pre, classes, run, choice.message
 
 
 def load_predictor(run_dir: str | None, model: str | None, weights: str = "imagenet"):

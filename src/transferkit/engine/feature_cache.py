@@ -66,7 +66,11 @@ def cache_key(parts: dict) -> str:
 @torch.inference_mode()
 def build_features(front: torch.nn.Module, imageset, pre: Preprocess, root: Path, key: str, device,
                    channels_last: bool, batch_size: int = 256, progress=None, autocast=None) -> FeatureSet:
-    """Reuse the cache entry ``key`` under the cache root ``root`` when complete, else (re)build it."""
+    """Reuse the cache entry ``key`` under the cache root ``root`` when complete, else (re)build it.
+
+    ``front`` computes the features from a preprocessed batch: the frozen torch module, or an
+    inference engine the caller chose (``runtimes``; this layer knows none of them).
+    """
     n = len(imageset)
     entry = cachedir.Entry(root, "features", key)
     forward = lambda index: _forward(front, imageset, index, pre, device, channels_last, autocast)  # noqa: E731

@@ -1,6 +1,7 @@
 """``transferkit eval``: score a finished run on a split of its data (or of other data)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from transferkit.core import distributed as dist
 from transferkit.core.devices import uses_convolutions
 from transferkit.core.errors import UserError
+from transferkit.core.progress import log
 from transferkit.core.safeio import atomic_write, write_json_atomic
 from transferkit.data.images import DEFAULT_MAX_PIXELS
 from transferkit.data.imagesets import DataCache, decode_splits
@@ -17,6 +19,7 @@ from transferkit.data.transforms import prepare
 from transferkit.engine.batches import Batches
 from transferkit.engine.loop import predict_logits
 from transferkit.runs.history import append_eval_row
+from transferkit.runs.inference import classifier_engine, engine_settings
 from transferkit.runs.metrics import score
 from transferkit.runs.rundir import load_run
 
@@ -59,15 +62,19 @@ def save_outputs(run_dir: str | Path, split: str, logits: torch.Tensor, labels: 
 
 def evaluate_run(run_dir: str, data: str | None = None, split: str = "test", device: str = "auto",
                  batch_size: int = 128, progress=None, max_pixels: int | None = None, splits=None,
-                 skip_bad: bool = False, cache_dir: str | None = None) -> dict:
+                 skip_bad: bool = False, cache_dir: str | None = None, backend: str = "auto",
+                 precision: str = "fp32", threads: int = 0) -> dict:
     """Score ``run_dir`` on ``split`` of ``data`` (the run's own data when None); ``splits``: ready
     DataSplits from the Python API instead of a spec. Under torchrun each process scores a share
-    of the split, all get the whole result, and rank 0 writes the files."""
+    of the split, all get the whole result, and rank 0 writes the files. ``backend``,
+    ``precision``, ``threads``: the CPU engine (runtimes/choose.py)."""
     with dist.scope():
-        return _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, cache_dir)
+        return _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad,
+                             cache_dir, engine_settings(backend, precision, threads, cache_dir))
 
 
-def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, cache_dir) -> dict:
+def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, cache_dir,
+                  settings) -> dict:
     tm, pre, classes, run = load_run(run_dir)
     spec = splits.spec if splits is not None else data or run["config"]["data"]
     splits = splits if splits is not None else load_data(spec, run["config"].get("seed", 0))
@@ -79,10 +86,7 @@ def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels
     imageset = decode_splits({split: imageset}, pre.size, pre.interpolation, skip_bad=skip_bad, progress=progress,
                              max_pixels=max_pixels or run["config"].get("max_pixels", DEFAULT_MAX_PIXELS),
                              cache=DataCache.from_settings(run["config"], dev, cache_dir))[split]
-    net = tm.net.to(dev)
-    channels_last = uses_convolutions(net)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    net, channels_last = on_engine(tm, pre, run, classes, imageset, dev, settings)
     logits, labels = predict_logits(net, Batches(imageset, batch_size, rank=dist.rank(), world=dist.world()),
                                     lambda raw, _s, _b: prepare(raw, pre, dev, channels_last),
                                     progress=progress, desc=f"eval {split}")
@@ -94,6 +98,22 @@ def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels
     write_json_atomic(Path(run_dir) / "eval" / f"{split}.json", result)
     append_eval_row(Path(run_dir), split, result)
     return result
+
+
+def on_engine(tm, pre, run: dict, classes: list[str], imageset, dev, settings):
+    """``(network, channels_last)`` that scores the images: a CPU engine for one CPU process, else torch."""
+    if dev.type == "cpu" and (dist.world() == 1 or settings.backend != "auto"):
+        sample = prepare(imageset.batch(torch.arange(min(32, len(imageset)))), pre)
+        settings = replace(settings, images=len(imageset))
+        choice = classifier_engine(tm, pre, run, classes, settings, sample, f"{len(sample)} images being scored")
+        log(choice.message)
+        return choice.engine, False
+    if settings.backend not in ("auto", "torch") or settings.precision != "fp32":
+        raise UserError(f"--backend {settings.backend} --precision {settings.precision} run on the CPU; use "
+                        "--device cpu, or --backend auto --precision fp32")
+    net = tm.net.to(dev)
+    channels_last = uses_convolutions(net)
+    return (net.to(memory_format=torch.channels_last) if channels_last else net), channels_last
 
 
 def format_table(result: dict) -> str:
