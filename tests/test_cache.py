@@ -53,14 +53,14 @@ def test_changed_weights_file_rebuilds(tmp_path, image_folder, capsys):
 def test_partial_or_stale_cache_is_rebuilt(tmp_path, image_folder, capsys):
     cache = tmp_path / "cache"
     train(capsys, image_folder, tmp_path / "r1", "--cache-dir", str(cache))
-    folders = sorted(p.parent for p in cache.glob("*/meta.json"))
+    folders = sorted(p.parent for p in cache.glob("features/*/meta.json"))
     assert len(folders) == 2  # train and val
     (folders[0] / "meta.json").unlink()  # as if killed before the cache was complete
     data = folders[1] / "features.npy"
     data.write_bytes(data.read_bytes()[:-64])  # a short file
     line = train(capsys, image_folder, tmp_path / "r2", "--cache-dir", str(cache))
     assert "built 12 images" in line  # both splits computed again
-    assert sorted(p.parent for p in cache.glob("*/meta.json")) == folders
+    assert sorted(p.parent for p in cache.glob("features/*/meta.json")) == folders
 
 
 def test_cached_and_plain_training_agree(tmp_path, image_folder, capsys):

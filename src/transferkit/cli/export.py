@@ -8,7 +8,10 @@ def run(args) -> int:
         raise UserError("--opset only applies to --format onnx")
     if args.samples < 2:
         raise UserError("--samples must be at least 2")
-    result = export_run(args.run_dir, args.format, args.opset or DEFAULT_OPSET, args.samples)
-    print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB) and {result['sidecar'].name}")
-    print(f"parity with PyTorch on {result['inputs']}: max abs logit difference {result['max_abs_diff']:.2e} (ok)")
+    result = export_run(args.run_dir, args.format, args.opset or DEFAULT_OPSET, args.samples, precision=args.precision)
+    print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB, {args.precision}) and {result['sidecar'].name}")
+    if result["guard"]:
+        print(f"accuracy guard passed: {result['guard']}")
+    else:
+        print(f"parity with PyTorch on {result['inputs']}: max abs logit difference {result['max_abs_diff']:.2e} (ok)")
     return 0

@@ -12,6 +12,8 @@ from transferkit.core.config import add_arguments
 # For every command that loads a run: a run trained on users' code stores that code and runs it.
 TRUSTED_RUN = ("a run directory. A run trained on your own model, head or plugin code keeps that code in "
                "RUN_DIR/code/ and runs it when loaded: load only runs you trust")
+CACHE_DIR_HELP = ("the cache folder holding decoded images and converted engines (default: the run's own --cache-dir, else the user "
+                  "cache dir)")
 PLUGIN_HELP = ("import FILE.py first; it may register backbones with @transferkit.register_backbone('name'). "
                "This runs FILE.py's code: only use plugins you trust")
 
@@ -35,6 +37,26 @@ def add_command(subparsers, name: str, help_text: str, example: str) -> argparse
 WEIGHTS_HELP = ("with --model: imagenet (default: ImageNet weights, those already on this machine first), a torchvision "
                 "weight name (DEFAULT, IMAGENET1K_V1, MobileNet_V2_Weights.IMAGENET1K_V1), a timm tag "
                 "(timm/resnet50.a1_in1k), or PATH to .safetensors/.pth")
+
+
+ENGINES = ("auto", "torch", "onnxruntime", "openvino")
+EXPORTED = ("onnx", "torchscript", "openvino-ir")  # files `transferkit export` wrote into RUN_DIR
+BACKEND_HELP = ("engine of the frozen forward pass on the CPU: auto (default: the fastest installed one that matches "
+                "torch within 1e-4 on your images; torch for jobs under 64 images) | torch | onnxruntime | openvino "
+                "(the model converted once and cached beside the feature cache)")
+EXPORTED_HELP = ("; or run a file `transferkit export` wrote into RUN_DIR: onnx (model.onnx on onnxruntime), "
+                 "torchscript (model.torchscript), openvino-ir (model.xml)")
+
+
+def add_engine_flags(p, exported: bool = False) -> None:
+    """--backend, --precision, --threads: the same meaning in every command that runs a frozen network."""
+    p.add_argument("--backend", choices=ENGINES + (EXPORTED if exported else ()), default="auto",
+                   help=BACKEND_HELP + (EXPORTED_HELP if exported else ""))
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="fp32 (default, exact) | bf16 | int8 (calibrated on the run's training images): kept only "
+                        "if, on the validation split, top-1 agreement with fp32 is >= 99%% and accuracy drops <= 0.5 "
+                        "points, else refused with the numbers (exit 2)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads of the engine (default 0: every core)")
 
 
 # Train flags that mean nothing to a sweep of ~100 steps (and --out names the plot here, not a run dir).
@@ -98,6 +120,8 @@ def _eval(sub):
                    help="also write the run's report, scored on this data and split, to OUT.html")
     p.add_argument("--skip-bad", action="store_true", help="drop unreadable images (and say how many) instead of stopping")
     p.add_argument("--tta", default="none", metavar="VIEWS", help=TTA_HELP)
+    p.add_argument("--cache-dir", help=CACHE_DIR_HELP)
+    add_engine_flags(p)
     p.set_defaults(module="eval")
 
 
@@ -124,8 +148,7 @@ def _predict(sub):
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--device", default="auto")
-    p.add_argument("--backend", choices=("torch", "onnx", "torchscript"), default="torch",
-                   help="torch: the run's weights; onnx/torchscript: the file `transferkit export` wrote (CPU)")
+    add_engine_flags(p, exported=True)
     p.add_argument("--tta", default="none", metavar="VIEWS", help=TTA_HELP)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(module="predict")
@@ -143,7 +166,9 @@ def _embed(sub):
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the train/val split of a plain folder (default: the run's own seed; 0 with --model)")
     p.add_argument("--skip-bad", action="store_true", help="drop unreadable images (and say how many) instead of stopping")
+    p.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     p.add_argument("--device", default="auto")
+    add_engine_flags(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(module="embed")
 
@@ -151,10 +176,17 @@ def _embed(sub):
 def _export(sub):
     p = add_command(sub, "export", "write the run's model as ONNX or TorchScript (checked against PyTorch) into the run dir",
                     "transferkit export runs/pets --format onnx\n"
-                    "  transferkit predict runs/pets --backend onnx photo.jpg   # use it")
+                    "  transferkit predict runs/pets --backend onnx photo.jpg   # use it\n"
+                    "  transferkit export runs/pets --format openvino --precision int8")
     p.add_argument("run_dir")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
-                   help="onnx -> RUN_DIR/model.onnx, torchscript -> RUN_DIR/model.torchscript (default onnx)")
+    p.add_argument("--format", choices=("onnx", "torchscript", "openvino"), default="onnx",
+                   help="onnx -> RUN_DIR/model.onnx, torchscript -> RUN_DIR/model.torchscript, openvino -> "
+                        "RUN_DIR/model.xml + model.bin (OpenVINO IR) (default onnx)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="fp32 (default; checked within 1e-4 of PyTorch) | bf16 (openvino: a precision hint stored "
+                        "with the file) | int8 (onnx, openvino: static quantization calibrated on the run's training "
+                        "images); reduced precision is written only if, on the validation split, top-1 agreement "
+                        "with PyTorch is >= 99%% and accuracy drops <= 0.5 points")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset version (default 17)")
     p.add_argument("--samples", type=int, default=8, help="images used for the parity check (default 8)")
     p.set_defaults(module="export")
@@ -168,8 +200,7 @@ def _serve(sub):
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--backend", choices=("torch", "onnx", "torchscript"), default="torch",
-                   help="torch: the run's weights; onnx/torchscript: the file `transferkit export` wrote")
+    add_engine_flags(p, exported=True)
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the model")
     p.add_argument("--max-bytes", default="10MB", help="largest request body (default 10MB); bigger ones get 413")
     p.add_argument("--max-pixels", type=int, default=50_000_000,
@@ -190,7 +221,24 @@ def _demo(sub):
     p.set_defaults(module="demo")
 
 
-COMMANDS = (_models, _data, _train, _lr_find, _eval, _report, _predict, _embed, _export, _serve, _demo)  # --help order
+def _cache(sub):
+    p = add_command(sub, "cache", "what the cache folder holds (cached features, decoded images), and emptying it; "
+                    "deleting it is always safe: a later run rebuilds what it needs",
+                    "transferkit cache list\n  transferkit cache clear --kind images")
+    cache_sub = p.add_subparsers(dest="cache_command", metavar="list|clear", parser_class=Parser)
+    cache_sub.required = True
+    for name, text in (("list", "every cache entry with its size, and the total per kind"),
+                       ("clear", "delete cache entries (entries that a running process is building are skipped)")):
+        c = cache_sub.add_parser(name, help=text, description=text)
+        c.add_argument("--cache-dir", help="the cache folder (default: the user cache dir, as for train)")
+        c.add_argument("--kind", choices=("features", "images", "engines", "all"), default="all",
+                       help="cached features, decoded images, converted networks (ONNX, OpenVINO), or all (default)")
+        if name == "list":
+            c.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(module="cache")
+
+
+COMMANDS = (_models, _data, _train, _lr_find, _eval, _report, _predict, _embed, _export, _serve, _demo, _cache)  # --help order
 
 
 def build_parser() -> argparse.ArgumentParser:

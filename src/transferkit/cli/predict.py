@@ -1,10 +1,14 @@
 """``transferkit predict``."""
+from dataclasses import replace
+
 from transferkit.core.devices import pick_device
 from transferkit.core.errors import UserError
-from transferkit.core.progress import make_progress
+from transferkit.core.progress import log, make_progress
 from transferkit.data.tta import parse_tta
-from transferkit.deploy.backends import load_backend, load_pretrained
-from transferkit.deploy.predict import collect_images, format_predictions, is_run_dir, predict_images
+from transferkit.deploy.backends import EXPORTED, load_backend, load_pretrained
+from transferkit.deploy.predict import collect_images, format_predictions, is_run_dir, predict_images, sample_images
+from transferkit.runs.inference import engine_settings
+from transferkit.runtimes.choose import Frozen, choose
 
 
 def run(args) -> int:
@@ -17,15 +21,29 @@ def run(args) -> int:
             raise UserError("give at least one image or folder after the run directory")
     if args.weights and not args.model:
         raise UserError("--weights goes with --model NAME; a run directory brings its own weights")
-    if args.backend != "torch" and args.model:
+    if args.backend in EXPORTED and args.model:
         raise UserError(f"--backend {args.backend} predicts with an exported run; give RUN_DIR instead of --model")
     if args.topk < 1:
         raise UserError("--topk must be at least 1")
     tta = parse_tta(args.tta)
     paths = collect_images(inputs)
-    predictor = load_backend(run_dir, args.backend) if run_dir else load_pretrained(args.model, args.weights or "imagenet")
-    # the exported file runs where its runtime runs: the CPU here
-    device = pick_device(args.device) if args.backend == "torch" else "cpu"
+    device = pick_device(args.device)
+    if device.type != "cpu" and args.backend in ("auto", "torch") and args.precision == "fp32":  # the GPU runs torch
+        predictor = load_backend(run_dir) if run_dir else load_pretrained(args.model, args.weights or "imagenet")
+    elif device.type != "cpu":
+        raise UserError(f"--backend {args.backend} --precision {args.precision} run on the CPU; use --device cpu")
+    elif run_dir:
+        predictor = load_backend(run_dir, args.backend, args.precision, args.threads, "batch",
+                                 lambda pre: sample_images(paths, pre), len(paths))
+        log(predictor.message)
+    else:
+        predictor = load_pretrained(args.model, args.weights or "imagenet")
+        settings = engine_settings(args.backend, args.precision, args.threads, images=len(paths))
+        # No run, no labelled validation images: the guard refuses reduced precision (one line saying so).
+        choice = choose(Frozen(predictor.module, predictor.pre.size, "classifier"),
+                        sample_images(paths, predictor.pre), settings, None, "the images to predict")
+        predictor = replace(predictor, module=choice.engine)
+        log(choice.message)
     predictor.module.to(device)
     results = predict_images(predictor, paths, args.topk, device=device, progress=make_progress(args.quiet), tta=tta)
     print(format_predictions(results, args.format))

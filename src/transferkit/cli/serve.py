@@ -21,5 +21,7 @@ def run(args) -> int:
         raise UserError(f"serve needs {', '.join(missing)}: `pip install 'transferkit[serve]'`")
     settings = ServeSettings(max_bytes=parse_size(args.max_bytes), max_pixels=args.max_pixels, timeout=args.timeout,
                              max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms)
-    serve(args.run_dir, args.host, args.port, args.backend, args.workers, settings)
+    if args.threads < 0:
+        raise UserError(f"--threads must be 0 (every core) or more, got {args.threads}")
+    serve(args.run_dir, args.host, args.port, args.backend, args.workers, settings, args.precision, args.threads)
     return 0

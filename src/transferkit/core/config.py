@@ -66,7 +66,22 @@ class TrainConfig:
     device: str = opt("auto", "auto | cpu | cuda | cuda:N", )
     amp: str = opt("auto", "auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16", choices=("auto", "off", "bf16", "fp16"))
     cache: bool = opt(True, "cache the frozen part's outputs and train the rest on them (--no-cache: plain loop)")
-    cache_dir: str = opt("", "feature cache folder (default: the user cache dir)")
+    cache_dir: str = opt("", "cache folder for cached features and decoded images (default: the user cache dir); "
+                             "`transferkit cache list` shows what it holds, `cache clear` empties it")
+    data_cache: bool = opt(True, "decode image files once, at the run's size, into the cache folder and reuse them in "
+                                 "every later run, eval, lr-find and embed (--no-data-cache: decode into memory each time)")
+    feed: str = opt("auto", "how decoded images reach the model: auto (in memory up to 512 MB, else streamed) | "
+                            "memory | stream (read from the decoded-image cache batch by batch: memory does not grow "
+                            "with the data set)", choices=("auto", "memory", "stream"))
+    backend: str = opt("auto", "engine of the frozen forward pass that fills the feature cache, on the CPU: auto (the "
+                               "fastest installed one that matches torch within 1e-4 on your images) | torch | "
+                               "onnxruntime | openvino", choices=("auto", "torch", "onnxruntime", "openvino"))
+    precision: str = opt("fp32", "fp32 (exact) | bf16 | int8 for that forward pass; bf16/int8 only if, on the "
+                                 "validation split, a probe's top-1 agreement with fp32 is at least 0.99 and its "
+                                 "accuracy drops by at most 0.5 points, else the cache is built in fp32 (and the log "
+                                 "says so)",
+                         choices=("fp32", "bf16", "int8"))
+    threads: int = opt(0, "CPU threads of the inference engines and of torch (0: every core)")
     skip_bad: bool = opt(False, "drop unreadable images (and say how many) instead of stopping")
     max_pixels: int = opt(89_478_485, "refuse images with more pixels than this (decompression bombs)")
     checkpoint_every: int = opt(0, "also checkpoint every N optimizer steps (0: at epoch ends only)")
@@ -83,8 +98,10 @@ class TrainConfig:
         for name in ("epochs", "accumulate"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-        if min(self.image_size, self.checkpoint_every, self.train_limit, self.shots) < 0 or self.max_pixels < 1:
-            raise UserError("--image-size, --max-pixels, --checkpoint-every, --train-limit and --shots must not be negative")
+        if min(self.image_size, self.checkpoint_every, self.train_limit, self.shots, self.threads) < 0 \
+                or self.max_pixels < 1:
+            raise UserError("--image-size, --max-pixels, --checkpoint-every, --train-limit, --shots and --threads must "
+                            "not be negative")
         if self.shots and self.train_limit:
             raise UserError("--shots and --train-limit both choose training images: give one of them")
         if self.batch_size != "auto" and not (str(self.batch_size).isdigit() and int(self.batch_size) > 0):
@@ -98,6 +115,8 @@ class TrainConfig:
             allowed = f.metadata.get("choices")
             if allowed and getattr(self, f.name) not in allowed:
                 raise UserError(f"--{f.name.replace('_', '-')} must be one of {', '.join(allowed)}")
+        if self.feed == "stream" and not self.data_cache:
+            raise UserError("--feed stream reads the decoded-image cache: drop --no-data-cache")
         if not (0 <= self.label_smoothing < 1) or self.backbone_lr_scale < 0 or self.warmup_epochs < 0:
             raise UserError("--label-smoothing must be in [0, 1); --backbone-lr-scale and --warmup-epochs >= 0")
         return self
@@ -162,8 +181,10 @@ def build_config(flags: dict, config_file: str | None = None) -> TrainConfig:
     return TrainConfig(**values).validate()
 
 
-# What a resume may change: how long it runs, how often it checkpoints, how it reports.
-CHANGEABLE_ON_RESUME = ("epochs", "checkpoint_every", "quiet")
+# What a resume may change: how long it runs, how often it checkpoints, how it reports, where its
+# caches live, how data is fed and which engine computes the frozen part (none of which changes a
+# number beyond the 1e-4 every engine is held to).
+CHANGEABLE_ON_RESUME = ("epochs", "checkpoint_every", "quiet", "cache_dir", "data_cache", "feed", "backend", "threads")
 
 
 def resume_config(saved: dict, cfg: TrainConfig) -> TrainConfig:

@@ -3,7 +3,8 @@
 SPEC is a built-in name (fashion-mnist, cifar10, digits), a CSV of ``path,label[,split]``, a
 folder: ``root/<class>/<image>`` (split into train/val by ``--seed``, 20% val per class) or
 ``root/{train,val,test}/<class>/<image>``, where the validation folder may also be called
-``valid`` (fastai, Keras) or ``validation``, or parquet data from the Hugging Face Hub (parquet.py).
+``valid`` (fastai, Keras) or ``validation``, parquet data from the Hugging Face Hub (parquet.py), or
+WebDataset-style tar shards (``shards/train-{000000..000099}.tar``, shards.py).
 Hidden files and folders and empty folders never become classes. A top-level folder that is
 neither a split nor a class is not read, and ``DataSplits.ignored`` names it so that ``data check``
 and ``train`` can say so. Built-ins hold out a fixed 10% of their training split for validation,
@@ -23,6 +24,7 @@ from transferkit.data import parquet
 from transferkit.data.builtin_sets import BUILTINS, LOADERS
 from transferkit.data.images import is_image_file
 from transferkit.data.imagesets import FileImages, TensorImages
+from transferkit.data.shards import is_shard_spec, read_shards
 
 SPLIT_NAMES = ("train", "val", "test")
 VAL_FOLDERS = ("val", "valid", "validation")  # the names the common layouts give the validation folder
@@ -197,6 +199,8 @@ def load_data(spec: str, seed: int = 0) -> DataSplits:
         return _from_builtin(spec)
     if parquet.claims(spec):
         return with_val(spec, *parquet.read_spec(spec), seed)
+    if is_shard_spec(spec):  # WebDataset-style tar shards (data/shards.py)
+        return with_val(spec, *read_shards(spec), seed)
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"data '{spec}' not found: give an existing folder, a .csv file, "

@@ -6,6 +6,7 @@ label index and name, the split and, for image files, the path.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +15,19 @@ import torch
 from transferkit.core import distributed as dist
 from transferkit.core.devices import uses_convolutions
 from transferkit.core.errors import UserError
+from transferkit.core.progress import log
 from transferkit.core.safeio import atomic_write
-from transferkit.data.imagesets import decode_splits
+from transferkit.data.imagesets import DataCache, decode_splits
 from transferkit.data.specs import load_data
 from transferkit.data.transforms import prepare
 from transferkit.engine.batches import Batches
 from transferkit.engine.loop import predict_logits
 from transferkit.models.cut import HeadInput
 from transferkit.models.registry import create_backbone, describe
-from transferkit.runs.rundir import load_run
+from transferkit.runs.inference import engine_settings
+from transferkit.runs.rundir import load_run, read_run
+from transferkit.runtimes.choose import Frozen, choose
+from transferkit.runtimes.guard import guard_from_sets
 
 
 class Flat(torch.nn.Module):
@@ -45,17 +50,40 @@ def embedder(run_dir: str | None, model: str | None, weights: str = "imagenet"):
     return Flat(HeadInput(net.eval(), classifier)), pre, seed
 
 
+def _on_engine(module, pre, sets: dict, dev, channels_last: bool, settings):
+    """``(module, channels_last)``: a CPU engine for one CPU process (or when asked for), else the module."""
+    if dev.type != "cpu" or (dist.world() > 1 and settings.backend == "auto"):
+        if settings.backend not in ("auto", "torch") or settings.precision != "fp32":
+            raise UserError(f"--backend {settings.backend} --precision {settings.precision} run on the CPU; use "
+                            "--device cpu, or --backend auto --precision fp32")
+        return module, channels_last
+    first = next(iter(sets.values()))
+    sample = prepare(first.batch(torch.arange(min(32, len(first)))), pre)
+    guard = (guard_from_sets(sets.get("val"), sets.get("train"), pre, kind="features")
+             if settings.precision != "fp32" else None)
+    choice = choose(Frozen(module.eval(), pre.size, "embedder"), sample,
+                    replace(settings, images=sum(len(s) for s in sets.values())), guard,
+                    f"{len(sample)} images being embedded")
+    log(choice.message)
+    return choice.engine, False
+
+
 def embed(source: str, data: str, out: str, from_run: bool, device: str = "auto", batch_size: int = 128,
-          progress=None, seed: int | None = None, skip_bad: bool = False, weights: str = "imagenet") -> dict:
+          progress=None, seed: int | None = None, skip_bad: bool = False, weights: str = "imagenet",
+          cache_dir: str | None = None, backend: str = "auto", precision: str = "fp32", threads: int = 0) -> dict:
     """Embed every split of ``data`` into ``out``. Under torchrun each process embeds a share of
     every split and rank 0 writes the gathered file. ``seed`` splits a plain folder into train/val
     (default: the run's own seed, so the split column matches the run's training split). ``weights``:
-    the pretrained weights of a model given by name (as ``--weights``)."""
+    the pretrained weights of a model given by name (as ``--weights``). ``backend``, ``precision``,
+    ``threads``: the CPU engine (runtimes/choose.py); reduced precision is judged on the data's
+    validation split with a nearest-class-mean probe (runtimes/guard.py)."""
     with dist.scope():
-        return _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad, weights)
+        return _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad, weights, cache_dir,
+                      engine_settings(backend, precision, threads, cache_dir))
 
 
-def _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad, weights) -> dict:
+def _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad, weights, cache_dir,
+           settings) -> dict:
     out_path = Path(out)
     if out_path.suffix not in (".npz", ".parquet"):
         raise UserError(f"--out {out}: use a .npz or .parquet file name")
@@ -68,7 +96,9 @@ def _embed(source, data, out, from_run, device, batch_size, progress, seed, skip
     rows = {"embedding": [], "label": [], "split": [], "path": []}
     sets = {n: s for n in ("train", "val", "test") if (s := getattr(splits, n)) is not None}
     sets = decode_splits(sets, pre.size, pre.interpolation, skip_bad=skip_bad, progress=progress,
-                         consequence=", nothing embedded")
+                         consequence=", nothing embedded",
+                         cache=DataCache.from_settings(read_run(source)["config"] if from_run else {}, dev, cache_dir))
+    module, channels_last = _on_engine(module, pre, sets, dev, channels_last, settings)
     for name, imageset in sets.items():
         feats, labels = predict_logits(module, Batches(imageset, batch_size, rank=dist.rank(), world=dist.world()),
                                        lambda raw, _s, _b: prepare(raw, pre, dev, channels_last),

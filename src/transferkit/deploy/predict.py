@@ -54,6 +54,19 @@ def collect_images(inputs: list[str]) -> list[str]:
     return paths
 
 
+def sample_images(paths: list[str], pre, count: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """The first ``count`` readable images of ``paths``, preprocessed: what an engine is checked on."""
+    arrays = []
+    for path in paths:
+        if len(arrays) >= count:
+            break
+        try:
+            arrays.append(load_uint8(path, pre.size, pre.interpolation, max_pixels))
+        except BadImage:
+            continue  # reported with the predictions
+    return prepare(torch.from_numpy(np.stack(arrays)), pre) if arrays else torch.zeros(0, 3, pre.size, pre.size)
+
+
 @torch.inference_mode()
 def predict_images(predictor: Predictor, paths: list[str], topk: int = 5, batch_size: int = 32,
                    device: str | torch.device = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS, progress=None,

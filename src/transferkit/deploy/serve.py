@@ -63,15 +63,18 @@ class _BodyTooLarge(Exception):
 class Service:
     """The loaded model and what it needs to answer requests."""
 
-    def __init__(self, module, pre, classes: list[str], run: dict, backend: str, run_name: str, temperature: float = 1.0):
+    def __init__(self, module, pre, classes: list[str], run: dict, backend: str, run_name: str, temperature: float = 1.0,
+                 engine: str = ""):
         self.module, self.pre, self.classes, self.run = module.eval(), pre, list(classes), run
         self.backend, self.run_name, self.temperature = backend, run_name, temperature
         self.model_name = run.get("model", {}).get("name", "model")
+        self.engine = engine  # the log line naming the engine that answers, and its measured speed
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, backend: str = "torch") -> "Service":
-        p = load_backend(run_dir, backend)
-        return cls(p.module, p.pre, p.classes, p.run, backend, Path(run_dir).resolve().name, p.temperature)
+    def from_run(cls, run_dir: str | Path, backend: str = "torch", precision: str = "fp32", threads: int = 0) -> "Service":
+        p = load_backend(run_dir, backend, precision, threads, mode="latency")
+        name = getattr(p.module, "label", backend)  # auto resolves to the engine it chose
+        return cls(p.module, p.pre, p.classes, p.run, name, Path(run_dir).resolve().name, p.temperature, p.message)
 
     def decode(self, data: bytes, max_pixels: int) -> np.ndarray:
         """Bytes -> ``(3, S, S)`` uint8, by the same rules as training (raises BadImage)."""
@@ -250,14 +253,14 @@ def app_from_environment():
     import json
 
     config = json.loads(os.environ[ENV_CONFIG])
-    threads = max(1, (os.cpu_count() or 1) // max(1, config["workers"]))
-    torch.set_num_threads(threads)  # N workers share the cores instead of each claiming all
-    service = Service.from_run(config["run_dir"], config["backend"])
+    threads = config.get("threads") or max(1, (os.cpu_count() or 1) // max(1, config["workers"]))
+    torch.set_num_threads(threads)  # N workers share the cores instead of each claiming all (so do the engines)
+    service = Service.from_run(config["run_dir"], config["backend"], config.get("precision", "fp32"), threads)
     return create_app(service, ServeSettings(**config["settings"]))
 
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch", workers: int = 1,
-          settings: ServeSettings | None = None) -> None:
+          settings: ServeSettings | None = None, precision: str = "fp32", threads: int = 0) -> None:
     """Load the model (errors surface here, before the port opens), then serve until interrupted."""
     import json
 
@@ -265,17 +268,23 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: str 
 
     settings = settings or ServeSettings()
     _check_port(host, port)
-    service = Service.from_run(run_dir, backend)
+    # With several workers each gets its share of the cores; the check below runs with that share too.
+    threads = threads or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0)
+    service = Service.from_run(run_dir, backend, precision, threads)
+    if service.engine:
+        print(service.engine, flush=True)
     common = dict(host=host, port=port, log_level="info", access_log=True, timeout_keep_alive=5,
                   limit_concurrency=settings.max_queue * 4,  # uvicorn answers 503 past this many
                   log_config=_log_config())
-    print(f"serving {service.run_name} ({service.model_name}, {len(service.classes)} classes, backend {backend}) "
+    print(f"serving {service.run_name} ({service.model_name}, {len(service.classes)} classes, backend {service.backend}) "
           f"on http://{host}:{port}/  (POST /predict, GET /metadata, GET /healthz)", flush=True)
     if workers == 1:
         uvicorn.run(create_app(service, settings), **common)
         return
     del service  # the check is done; each worker loads its own copy
+    # Each worker converts nothing again (the converted file is cached) but checks its engine itself.
     os.environ[ENV_CONFIG] = json.dumps({"run_dir": str(Path(run_dir).resolve()), "backend": backend,
+                                         "precision": precision, "threads": threads,
                                          "workers": workers, "settings": asdict(settings)})
     uvicorn.run("transferkit.deploy.serve:app_from_environment", factory=True, workers=workers, **common)
 

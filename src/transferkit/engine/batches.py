@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from transferkit.core.errors import UserError
+from transferkit.data.stream import prefetched
 from transferkit.models.outputs import split_outputs
 
 CPU_BATCH = 64  # --batch-size auto on the CPU
@@ -69,6 +70,11 @@ class Batches:
         return n - b * self.batch_size if b == len(self) - 1 else self.batch_size
 
     def __call__(self, epoch: int, start: int = 0):
+        batches = self._batches(epoch, start)
+        depth = getattr(self.source, "prefetch", 0)  # sources streamed from disk are read ahead (data/stream.py)
+        return prefetched(batches, depth, getattr(self.source, "pin_memory", False)) if depth else batches
+
+    def _batches(self, epoch: int, start: int):
         order = self.order(epoch)
         for b in range(start, len(self)):
             index = order[b * self.batch_size:b * self.batch_size + self.size(b)]

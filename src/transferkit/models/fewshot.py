@@ -47,6 +47,8 @@ def cl2n(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
 class _Resizable(nn.Module):
     """Buffers whose sizes come from the state dict: the head is built before its support set is known."""
 
+    sizes_from_state = True  # models/weights.load_exactly lets these buffers differ in shape
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name, buffer in self._buffers.items():
             incoming = state_dict.get(prefix + name)

@@ -128,7 +128,10 @@ def load_exactly(model, state: dict, what: str) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = shape_mismatches(own, state)
+    # Buffers a module sizes from the state dict itself (a few-shot head's support set) may differ.
+    resizable = {f"{path}.{name}" if path else name for path, m in model.named_modules()
+                 if getattr(m, "sizes_from_state", False) for name in m._buffers}
+    wrong = shape_mismatches({k: v for k, v in own.items() if k not in resizable}, state)
     if missing or unexpected or wrong:
         detail = "; ".join(part for part in (f"missing {missing[:3]}" if missing else "",
                                              f"unexpected {unexpected[:3]}" if unexpected else "",

@@ -1,6 +1,7 @@
 """``transferkit eval``: score a finished run on a split of its data (or of other data)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,10 @@ import torch
 from transferkit.core import distributed as dist
 from transferkit.core.devices import uses_convolutions
 from transferkit.core.errors import UserError
+from transferkit.core.progress import log
 from transferkit.core.safeio import atomic_write, write_json_atomic
 from transferkit.data.images import DEFAULT_MAX_PIXELS
-from transferkit.data.imagesets import decode_splits
+from transferkit.data.imagesets import DataCache, decode_splits
 from transferkit.data.specs import load_data
 from transferkit.data.transforms import prepare
 from transferkit.data.tta import parse_tta, tta_views
@@ -19,6 +21,7 @@ from transferkit.engine.batches import Batches
 from transferkit.engine.loop import predict_logits
 from transferkit.runs.calibration import average_probabilities, probabilities, run_temperature
 from transferkit.runs.history import append_eval_row
+from transferkit.runs.inference import classifier_engine, engine_settings
 from transferkit.runs.metrics import score, score_probs
 from transferkit.runs.rundir import load_run
 
@@ -64,17 +67,21 @@ def save_outputs(run_dir: str | Path, split: str, probs: torch.Tensor, labels: t
 
 def evaluate_run(run_dir: str, data: str | None = None, split: str = "test", device: str = "auto",
                  batch_size: int = 128, progress=None, max_pixels: int | None = None, splits=None,
-                 skip_bad: bool = False, tta: str | None = None) -> dict:
+                 skip_bad: bool = False, tta: str | None = None, cache_dir: str | None = None,
+                 backend: str = "auto", precision: str = "fp32", threads: int = 0) -> dict:
     """Score ``run_dir`` on ``split`` of ``data`` (the run's own data when None); ``splits``: ready
     DataSplits from the Python API instead of a spec. Probabilities go through the run's temperature;
     ``tta`` (flip, crops, flip,crops) averages them over views. Under torchrun each process scores a
-    share of the split, all get the whole result, and rank 0 writes the files."""
+    share of the split, all get the whole result, and rank 0 writes the files. ``backend``,
+    ``precision``, ``threads``: the CPU engine (runtimes/choose.py)."""
     kinds = parse_tta(tta)  # a mistake in --tta stops before anything loads
     with dist.scope():
-        return _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, kinds)
+        return _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, kinds,
+                             cache_dir, engine_settings(backend, precision, threads, cache_dir))
 
 
-def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, kinds) -> dict:
+def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, kinds, cache_dir,
+                  settings) -> dict:
     tm, pre, classes, run = load_run(run_dir)
     spec = splits.spec if splits is not None else data or run["config"]["data"]
     splits = splits if splits is not None else load_data(spec, run["config"].get("seed", 0))
@@ -82,13 +89,11 @@ def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels
     imageset = original = splits.split(split)
     if split == "test" and splits.test is None:
         split = "val"  # data without a test split is scored on val: name it so everywhere
+    dev = dist.setup(device)  # before decoding: under torchrun the processes decode their shares together
     imageset = decode_splits({split: imageset}, pre.size, pre.interpolation, skip_bad=skip_bad, progress=progress,
-                             max_pixels=max_pixels or run["config"].get("max_pixels", DEFAULT_MAX_PIXELS))[split]
-    dev = dist.setup(device)
-    net = tm.net.to(dev)
-    channels_last = uses_convolutions(net)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+                             max_pixels=max_pixels or run["config"].get("max_pixels", DEFAULT_MAX_PIXELS),
+                             cache=DataCache.from_settings(run["config"], dev, cache_dir))[split]
+    net, channels_last = on_engine(tm, pre, run, classes, imageset, dev, settings)
     temperature, views = run_temperature(run), tta_views(kinds)
     batches = Batches(imageset, batch_size, rank=dist.rank(), world=dist.world())
     per_view = []
@@ -110,6 +115,22 @@ def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels
     write_json_atomic(Path(run_dir) / "eval" / f"{split}.json", result)
     append_eval_row(Path(run_dir), split, result)
     return result
+
+
+def on_engine(tm, pre, run: dict, classes: list[str], imageset, dev, settings):
+    """``(network, channels_last)`` that scores the images: a CPU engine for one CPU process, else torch."""
+    if dev.type == "cpu" and (dist.world() == 1 or settings.backend != "auto"):
+        sample = prepare(imageset.batch(torch.arange(min(32, len(imageset)))), pre)
+        settings = replace(settings, images=len(imageset))
+        choice = classifier_engine(tm, pre, run, classes, settings, sample, f"{len(sample)} images being scored")
+        log(choice.message)
+        return choice.engine, False
+    if settings.backend not in ("auto", "torch") or settings.precision != "fp32":
+        raise UserError(f"--backend {settings.backend} --precision {settings.precision} run on the CPU; use "
+                        "--device cpu, or --backend auto --precision fp32")
+    net = tm.net.to(dev)
+    channels_last = uses_convolutions(net)
+    return (net.to(memory_format=torch.channels_last) if channels_last else net), channels_last
 
 
 def format_table(result: dict) -> str:

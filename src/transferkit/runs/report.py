@@ -21,7 +21,8 @@ from PIL import Image
 
 from transferkit.core.errors import UserError
 from transferkit.core.safeio import write_text_atomic
-from transferkit.data.images import BadImage, load_uint8
+from transferkit.data.imagecache import load_item
+from transferkit.data.images import DEFAULT_MAX_PIXELS, BadImage
 from transferkit.data.specs import load_data
 from transferkit.runs import plots
 from transferkit.runs.calibration import run_temperature
@@ -112,7 +113,7 @@ def load_thumbnails(data: str, seed: int, split: str, rows: list[int]) -> tuple[
             if getattr(imageset, "batch", None) is not None:
                 array = imageset.batch(torch.tensor([row]))[0].numpy()
             else:
-                array = load_uint8(imageset.paths[row], THUMB, "bilinear")
+                array = load_item(imageset.item(row), THUMB, "bilinear", DEFAULT_MAX_PIXELS)
             out[row] = _thumbnail(array)
         except (BadImage, OSError):
             continue  # the card says "image unavailable"

@@ -1,4 +1,4 @@
-"""Exported files (ONNX, TorchScript) opened as modules: what ``predict``/``serve --backend onnx`` run.
+"""Exported files (ONNX, TorchScript, OpenVINO IR) opened as modules: what ``predict``/``serve --backend onnx`` run.
 
 Every backend is an ``nn.Module`` taking preprocessed ``(N, 3, S, S)`` float32 and returning
 logits, so ``predict_images`` and the server's batcher treat them alike. An exported file carries
@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from transferkit.core.errors import UserError
+from transferkit.runtimes.engines import OpenVinoEngine
 
-BACKENDS = ("torch", "onnx", "torchscript")
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript"}  # file names inside a run directory
-META_KEY = "transferkit"  # ONNX metadata key / TorchScript extra-file name holding the export's JSON metadata
+BACKENDS = ("torch", "onnx", "torchscript", "openvino")
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript", "openvino": "model.xml"}  # names in a run directory
+META_KEY = "transferkit"  # ONNX metadata key / TorchScript extra file / OpenVINO rt_info key holding the JSON metadata
 
 
 def export_paths(run_dir: str | Path, fmt: str) -> tuple[Path, Path]:
@@ -71,6 +72,19 @@ def open_exported(fmt: str, path: str | Path) -> tuple[nn.Module, dict]:
             raise UserError(f"cannot open {path} as TorchScript: {str(exc).splitlines()[0][:200]}") from None
         text = extra[META_KEY]
         text = text.decode() if isinstance(text, bytes) else text
+    elif fmt == "openvino":
+        try:
+            import openvino as ov
+        except ImportError:
+            raise UserError("an OpenVINO IR needs openvino: `pip install openvino`") from None
+        try:
+            model = ov.Core().read_model(str(path))
+            text = model.get_rt_info([META_KEY]).astype(str) if model.has_rt_info([META_KEY]) else ""
+            precision = json.loads(text).get("precision", "fp32") if text else "fp32"
+            # The hint the file was exported and checked with (bf16 or f32: never OpenVINO's default).
+            module = OpenVinoEngine(path, "bf16" if precision == "bf16" else "fp32", mode="latency")
+        except (RuntimeError, ValueError) as exc:
+            raise UserError(f"cannot open {path} with OpenVINO: {str(exc).splitlines()[0][:200]}") from None
     else:
         raise UserError(f"unknown backend '{fmt}'; use one of {', '.join(BACKENDS)}")
     try:

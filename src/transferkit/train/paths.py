@@ -12,11 +12,18 @@ from typing import Callable
 
 import torch
 
+from transferkit.core import distributed as dist
+from transferkit.core.cachedir import cache_root
 from transferkit.core.devices import uses_convolutions
+from transferkit.core.errors import UserError
+from transferkit.core.progress import log
 from transferkit.data.transforms import Preprocess, prepare, random_flip
-from transferkit.engine.feature_cache import build_features, cache_key, default_cache_dir
+from transferkit.engine.feature_cache import build_features, cache_key
 from transferkit.models.cut import front_sha256, split_is_exact
 from transferkit.models.plugins import model_code_sha256
+from transferkit.runtimes.choose import SAMPLE, Frozen, Lazy, Settings, choose, validate
+from transferkit.runtimes.engines import all_cores
+from transferkit.runtimes.guard import guard_from_sets
 
 
 @dataclass
@@ -42,6 +49,34 @@ def images_path(tm, sets: dict, pre: Preprocess, device, channels_last: bool, au
     return TrainPath(tm.net, sets, to_input, False, f"feature cache: off ({why}); training the full forward pass")
 
 
+def front_engine(cfg, front, sets: dict, pre: Preprocess, device, root: Path, code: str | None):
+    """``(forward, precision)``: what computes the cached features. On the CPU an engine of
+    ``runtimes`` (chosen on first use, so a cache that is reused converts nothing); on a GPU, or
+    under torchrun's several CPU processes with ``--backend auto``, the front itself in torch."""
+    validate(cfg.backend, cfg.precision, cfg.threads)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # --threads is torch's too, training included
+    several = dist.world() > 1
+    if device.type != "cpu" or (several and cfg.backend == "auto"):
+        if cfg.backend not in ("auto", "torch") or cfg.precision != "fp32":
+            where = "on a GPU" if device.type != "cpu" else "under torchrun"
+            raise UserError(f"--backend {cfg.backend} --precision {cfg.precision} are for the CPU's engines; {where} "
+                            "the frozen part runs in torch: use --backend auto --precision fp32")
+        return front, "fp32"
+    threads = cfg.threads or (all_cores() // dist.world() if several else 0)
+    settings = Settings(cfg.backend, cfg.precision, max(threads, 0), "batch", root,
+                        sum(len(s) for s in sets.values()))
+    sample = prepare(sets["train"].batch(torch.arange(min(SAMPLE, len(sets["train"])))), pre)
+    frozen = Frozen(front.eval(), pre.size, "frozen front", {"code": code} if code else {})
+    if cfg.precision == "fp32":
+        return Lazy(lambda: choose(frozen, sample, settings), log), "fp32"
+    # Reduced precision is decided now: the cache's key says which precision filled it.
+    guard = guard_from_sets(sets.get("val"), sets["train"], pre, kind="features", strict=False)
+    choice = choose(frozen, sample, settings, guard)
+    log(choice.message)
+    return choice.engine, choice.engine.precision
+
+
 def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, progress) -> TrainPath:
     channels_last = uses_convolutions(tm.net)
     plain = lambda why: images_path(tm, sets, pre, device, channels_last, cfg.augment, cfg.seed, why)  # noqa: E731
@@ -60,9 +95,7 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
         if not split_is_exact(tm.net, front, back, sample):
             return plain(f"{cfg.model} does more after its last nn.Linear ({tm.layout.classifier}) than "
                          "return its output, so it cannot be cut there")
-    if channels_last:
-        front = front.to(memory_format=torch.channels_last)
-    root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    root = cache_root(cfg.cache_dir)
     # The key names what the front computes: its own tensors (not the weights the run claims to
     # have loaded: a cache filled by other weights would silently train on wrong features), its
     # module paths and functional steps in order, and settings such as Inception's transform_input.
@@ -70,20 +103,28 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
                  "arch": tm.info.arch, "cut": plan.cut, "pre": pre.key(), "front": front.tokens}
     if code := model_code_sha256(tm.info.name):  # a user's edited model file is another model
         key_parts["code"] = code
+    forward, precision = front_engine(cfg, front, sets, pre, device, root, key_parts.get("code"))
+    if precision != "fp32":  # reduced-precision features are other features: never mixed with exact ones
+        key_parts["precision"] = precision
+    if forward is front and channels_last:
+        front = forward = front.to(memory_format=torch.channels_last)
     features, built, size = {}, 0, 0
     for name, imageset in sets.items():
         key = cache_key(dict(key_parts, data=imageset.fingerprint()))
-        features[name] = build_features(front, imageset, pre, root / key, key, device, channels_last,
+        # An engine takes plain float32 batches on the CPU and runs its own precision: no autocast.
+        features[name] = build_features(forward, imageset, pre, root, key, device,
+                                        channels_last and forward is front,
                                         batch_size=256 if device.type == "cpu" else 512,
-                                        progress=progress, autocast=autocast)
+                                        progress=progress, autocast=autocast if forward is front else None)
         built += len(imageset) if features[name].built else 0
         size += features[name].nbytes
-    shape = "x".join(str(d) for d in features["train"].features.shape[1:])
+    shape = "x".join(str(d) for d in features["train"].shape[1:])
     reused = sum(len(f) for f in features.values()) - built
     what = " + ".join(part for part in (f"built {built:,}" if built else "", f"reused {reused:,}" if reused else "") if part)
     frozen_part = "backbone" if plan.cut >= len(tm.layout.stages) else f"first {plan.cut} stages"
+    computed = f", computed in {precision}" if precision != "fp32" else ""
     message = (f"feature cache: on ({frozen_part} frozen, no augmentation): {what} images"
-               f" x {shape} fp16 ({size / 1e6:.0f} MB) in {root}; training {_trainable_names(tm, plan.cut)} from it")
+               f" x {shape} fp16{computed} ({size / 1e6:.0f} MB) in {root / 'features'}; training {_trainable_names(tm, plan.cut)} from it")
 
     def to_input(raw, state, b):
         x = raw.to(device, non_blocking=True).float()

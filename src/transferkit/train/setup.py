@@ -14,7 +14,7 @@ from transferkit.core import distributed as dist
 from transferkit.core.config import TrainConfig
 from transferkit.core.errors import UserError
 from transferkit.core.progress import log
-from transferkit.data.imagesets import decode_splits
+from transferkit.data.imagesets import DataCache, decode_splits
 from transferkit.data.specs import DataSplits, stratified_split
 from transferkit.data.transforms import Preprocess, prepare
 from transferkit.engine import checkpoint as ckpt
@@ -89,12 +89,16 @@ def training_path(cfg: TrainConfig, tm: TransferModel, sets: dict, device, autoc
         log("note: --weights none with --freeze backbone trains only the head on random features; "
             "--freeze none trains the whole model")
     tm.net.to(device)
+    feeding = []
     sets = decode_splits(sets, pre.size, pre.interpolation, skip_bad=cfg.skip_bad, max_pixels=cfg.max_pixels,
-                         progress=progress, consequence=", nothing trained")
+                         progress=progress, consequence=", nothing trained", cache=DataCache.from_settings(cfg.to_json(), device),
+                         tell=feeding.append)
     if len(sets["train"]) == 0:
         raise UserError(f"data '{cfg.data}' has no training images")
     check_shapes(tm.net, prepare(sets["train"].batch(torch.arange(min(2, len(sets["train"])))), pre, device),
                  tm.num_classes)
+    for line in feeding:
+        log(line)
     path = choose_path(cfg, tm, plan, sets, pre, device, autocast, progress)
     log(path.message)
     return Prepared(pre, plan, frozen, sets, path)

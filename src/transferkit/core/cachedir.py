@@ -1,0 +1,236 @@
+"""The cache folder: one policy for every cache transferkit writes (cached features, decoded images).
+
+Layout: ``ROOT/KIND/KEY/`` is one entry, ``ROOT/KIND/KEY.lock`` its lock. ROOT is ``--cache-dir``
+(default: the user cache dir, e.g. ``~/.cache/transferkit``); KIND is ``features`` or ``images``;
+KEY is a hash of everything that changes the content. An entry holds its data file and
+``meta.json``, which is written last: an entry is complete exactly when its ``meta.json`` names
+its key, so a folder without one is unfinished and is never read.
+
+Building an entry (``build``), safe under concurrent runs (a sweep over seeds, two torchrun jobs):
+1. Complete already: reuse it, no lock taken.
+2. Else take the entry's file lock (``filelock``); a process that has to wait says so, then finds
+   the entry complete (another process built it) and reuses it.
+3. Holding the lock, anything in the folder is a leftover of a process that stopped (the kernel
+   drops a lock when its process dies): it is removed, said so, and the entry is rebuilt.
+4. The data goes into a partial file with a name of its own (host, pid, random), then is renamed
+   into place; ``meta.json`` follows. A process only ever deletes its own partial file.
+Under torchrun rank 0 takes the lock and creates the partial file, every process fills its share
+of the rows, and rank 0 publishes: the work is split, not repeated.
+
+Deleting a cache folder is always safe (``transferkit cache clear`` skips entries being built):
+a later run rebuilds what it needs, and a running one keeps reading the files it opened.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from filelock import FileLock, Timeout
+from platformdirs import user_cache_dir
+
+from transferkit.core import distributed as dist
+from transferkit.core.errors import UserError
+from transferkit.core.progress import log
+from transferkit.core.safeio import write_json_atomic
+
+KINDS = ("features", "images", "engines")  # engines: runtimes/store.py (converted networks)
+META = "meta.json"
+# Tests set this to a folder: a builder holding a lock then waits for the file "go" in it, so a
+# test decides the order of two real processes without sleeping (see tests/test_cachedir.py).
+PAUSE_ENV = "TRANSFERKIT_CACHE_TEST_PAUSE"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``--cache-dir``, or the user cache dir (``$XDG_CACHE_HOME/transferkit`` on Linux)."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    return Path(user_cache_dir("transferkit"))
+
+
+@dataclass(frozen=True)
+class Entry:
+    root: Path
+    kind: str
+    key: str
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.kind / self.key
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / self.kind / f"{self.key}.lock"
+
+    def meta(self) -> dict | None:
+        """The published ``meta.json`` (it names this key), or None for a missing or unfinished entry."""
+        try:
+            meta = json.loads((self.folder / META).read_text())
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) and meta.get("key") == self.key else None
+
+    def data_path(self, meta: dict) -> Path:
+        return self.folder / meta["data"]
+
+
+def _together() -> bool:
+    """Whether the processes build together (torchrun, process group joined); else each is on its own."""
+    return dist.active()
+
+
+def share(n: int) -> tuple[int, int]:
+    """This process's contiguous rows of an ``n``-row entry built together (torch.tensor_split's split)."""
+    world, rank = (dist.world(), dist.rank()) if _together() else (1, 0)
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+def _usable(entry: Entry, complete: Callable[[dict, Path], bool]) -> dict | None:
+    meta = entry.meta()
+    try:
+        return meta if meta is not None and entry.data_path(meta).is_file() and complete(meta, entry.data_path(meta)) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextmanager
+def locked(entry: Entry, what: str, blocking: bool = True):
+    """Hold the entry's lock; yields False (lock not taken) only when ``blocking`` is False and it is busy."""
+    entry.lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(entry.lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if not blocking:
+            yield False
+            return
+        log(f"waiting for another process that is building the {what} in {entry.folder}")
+        lock.acquire()
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def _remove_leftovers(entry: Entry) -> None:
+    """Called with the lock held: whatever is in the folder was left by a process that stopped."""
+    if not entry.folder.exists():
+        return
+    partial = sorted(p.name for p in entry.folder.glob("*.partial"))
+    if partial:
+        log(f"rebuilding {entry.folder}: a process stopped while writing it (left {partial[0]})")
+    shutil.rmtree(entry.folder)
+
+
+def _pause_for_tests(entry: Entry) -> None:
+    folder = os.environ.get(PAUSE_ENV)
+    if not folder:
+        return
+    Path(folder, f"building-{entry.kind}-{os.getpid()}").write_text(str(entry.folder))
+    while not Path(folder, "go").exists():
+        time.sleep(0.01)  # polling only: the test, not this delay, decides what happens first
+
+
+def build(entry: Entry, data_name: str, *, complete: Callable[[dict, Path], bool], create: Callable[[Path], Any],
+          fill: Callable[[Path, Any], Any], finish: Callable[[Any, list], dict], what: str) -> tuple[dict, bool]:
+    """The entry's meta, after building the entry unless it is complete; True when this call built it.
+
+    - ``complete(meta, data_path)``: whether a published entry is usable;
+    - ``create(partial_path) -> info`` (rank 0, lock held): allocate the data file; ``info`` goes to every process;
+    - ``fill(partial_path, info) -> share`` (every process): write this process's rows, on disk before it returns;
+    - ``finish(info, shares) -> dict`` (rank 0): the meta fields, from every process's ``share``.
+    """
+    meta = _usable(entry, complete)
+    if dist.all_true(meta is not None):
+        return meta, False
+    with ExitStack() as stack:
+        plan, partial = ("reuse",), None
+        main = dist.is_main() or not _together()
+        if main:
+            stack.enter_context(locked(entry, what))
+            if _usable(entry, complete) is None:
+                _remove_leftovers(entry)
+                entry.folder.mkdir(parents=True, exist_ok=True)
+                partial = entry.folder / f"{data_name}.{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.partial"
+                stack.callback(lambda: partial.unlink(missing_ok=True))  # ours alone; gone once renamed
+                plan = ("build", str(partial), create(partial))
+                _pause_for_tests(entry)
+        plan = dist.broadcast_object(plan)
+        if plan[0] == "reuse":  # built by another process while this one waited
+            meta = _usable(entry, complete)
+            if not dist.all_true(meta is not None):
+                raise UserError(f"the cache entry {entry.folder} is not readable by every process; on several machines "
+                                "give --cache-dir a folder on a filesystem that all of them share")
+            return meta, False
+        partial = Path(plan[1])
+        if not dist.all_true(partial.is_file()):
+            raise UserError(f"the cache {entry.folder} is not visible to every process; on several machines give "
+                            "--cache-dir a folder on a filesystem that all of them share, or turn the cache off")
+        shares = dist.all_gather_objects(fill(partial, plan[2]))
+        meta = None
+        if main:
+            meta = {"key": entry.key, "kind": entry.kind, "data": data_name, "created": time.time(),
+                    **finish(plan[2], shares)}
+            partial.replace(entry.folder / data_name)
+            write_json_atomic(entry.folder / META, meta)  # last: the entry is complete from here on
+        dist.barrier()
+        return dist.broadcast_object(meta), True
+
+
+def folder_bytes(folder: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512  # space used, sparse files too
+            except OSError:
+                pass
+    return total
+
+
+def list_entries(root: Path, kinds=KINDS) -> list[dict]:
+    """Every entry folder under ``root``: kind, key, bytes, complete, and its meta's summary."""
+    out = []
+    for kind in kinds:
+        base = root / kind
+        if not base.is_dir():
+            continue
+        for folder in sorted(p for p in base.iterdir() if p.is_dir()):
+            entry = Entry(root, kind, folder.name)
+            meta = entry.meta()
+            out.append({"kind": kind, "key": folder.name, "path": str(folder), "bytes": folder_bytes(folder),
+                        "complete": meta is not None, "about": (meta or {}).get("about", ""),
+                        "created": (meta or {}).get("created")})
+    return out
+
+
+def clear_entries(root: Path, kinds=KINDS) -> tuple[int, int, list[str]]:
+    """Remove every entry not being built right now: (entries removed, bytes freed, folders skipped)."""
+    removed, freed, busy = 0, 0, []
+    for item in list_entries(root, kinds):
+        entry = Entry(root, item["kind"], item["key"])
+        with locked(entry, "cache", blocking=False) as mine:
+            if not mine:
+                busy.append(item["path"])
+                continue
+            shutil.rmtree(entry.folder, ignore_errors=True)
+            # Unlinked while held: a process waiting on the old file notices and locks the new one.
+            entry.lock_path.unlink(missing_ok=True)
+        removed, freed = removed + 1, freed + item["bytes"]
+    for kind in kinds:  # locks whose entry folder someone deleted by hand
+        for lock_file in sorted((root / kind).glob("*.lock")) if (root / kind).is_dir() else []:
+            entry = Entry(root, kind, lock_file.name[:-len(".lock")])
+            if not entry.folder.exists():
+                with locked(entry, "cache", blocking=False) as mine:
+                    if mine:
+                        entry.lock_path.unlink(missing_ok=True)
+    return removed, freed, busy
