@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # Fashion-MNIST stays reachable from the Debian package location, so the data env var only
     # moves downloads of other data sets.
     yield
+
+
+@contextmanager
+def own_cache(folder: Path):
+    """XDG_CACHE_HOME=folder for a module-scoped fixture (the per-test isolation above does not reach those)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(folder))
+        yield
 
 
 def make_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 6, size: int = 20, seed: int = 0) -> Path:

@@ -75,9 +75,22 @@ def test_cached_and_plain_training_agree(tmp_path, image_folder, capsys):
     assert runs[0]["top1"] == runs[1]["top1"]
 
 
-def test_cache_is_off_with_augmentation_and_with_nothing_frozen(tmp_path, image_folder, capsys):
-    assert "--augment flip" in train(capsys, image_folder, tmp_path / "r1", "--augment", "flip")
+def test_cache_is_off_with_nothing_frozen(tmp_path, image_folder, capsys):
     assert "freezes no whole leading stages" in train(capsys, image_folder, tmp_path / "r2", "--freeze", "none")
+
+
+def test_random_flips_through_the_cache_train_as_the_plain_loop(tmp_path, image_folder, capsys):
+    """--augment flip with the cache: mirrored features where the plain loop mirrors images."""
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    line = train(capsys, image_folder, tmp_path / "cached", *cache, "--augment", "flip")
+    assert "random flips from mirrored copies" in line and "built 22 images" in line  # 10 train x 2 + 2 val
+    assert "reused 22 images" in train(capsys, image_folder, tmp_path / "again", *cache, "--augment", "flip")
+    train(capsys, image_folder, tmp_path / "plain", "--augment", "flip", "--no-cache")
+    train(capsys, image_folder, tmp_path / "unflipped", *cache)
+    fc = {r: load_torch_file(tmp_path / r / "checkpoints" / "last.pt")["model"]["fc.weight"]
+          for r in ("cached", "plain", "unflipped")}
+    rounding = (fc["cached"] - fc["plain"]).abs().max()  # fp16 features: tiny rounding only
+    assert rounding < 1e-3 and (fc["unflipped"] - fc["plain"]).abs().max() > 10 * rounding  # flips matter: it can fail
 
 
 def test_embed_writes_features_with_labels_and_paths(tiny_run, image_folder, tmp_path, capsys):

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN, make_image_folder
+from conftest import TINY_TRAIN, make_image_folder, own_cache
 
 import transferkit as tk
 from transferkit.cli import main
@@ -53,8 +53,7 @@ def calibrated(tmp_path_factory):
     """digits (144 validation images: enough for a temperature), with and without calibration, and a
     folder whose 6 validation images are too few to fit one on."""
     root = tmp_path_factory.mktemp("calibrated")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+    with own_cache(root / "cache"):
         images = make_image_folder(root / "images", classes=("cat", "dog", "owl"), per_class=10)
         args = [*TINY_TRAIN, "--epochs", "2", "--batch-size", "32"]
         digits = ["--data", "digits", "--train-limit", "300"]

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder, need_extra
+from conftest import make_image_folder, need_extra, own_cache
 
 from transferkit.cli import main
 
@@ -27,8 +27,7 @@ RUNS = {  # three backbone families and a custom head
 def runs(tmp_path_factory):
     """One tiny trained run per entry of RUNS, shared by the tests of this module."""
     root = tmp_path_factory.mktemp("export")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+    with own_cache(root / "cache"):
         images = make_image_folder(root / "images", classes=("cat", "dog", "owl"), per_class=5)
         made = {}
         for name, flags in RUNS.items():

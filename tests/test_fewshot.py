@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_TRAIN, make_image_folder
+from conftest import TINY_TRAIN, make_image_folder, own_cache
 
 from transferkit.cli import main
 from transferkit.core.safeio import load_torch_file
@@ -68,8 +68,7 @@ def test_shots_are_k_per_class_and_follow_the_seed():
 @pytest.fixture(scope="module")
 def fewshot_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("fewshot")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+    with own_cache(root / "cache"):
         images = make_image_folder(root / "images", classes=("cat", "dog", "owl"), per_class=10)
         for name, head in (("prototype", "prototype"), ("knn", "knn:3")):
             assert main(["train", "--data", str(images), "--out", str(root / name), *TINY_TRAIN,

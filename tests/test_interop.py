@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import make_image_folder
+from conftest import make_image_folder, own_cache
 from PIL import Image
 from safetensors import safe_open
 from sklearn.datasets import load_sample_images
@@ -54,8 +54,7 @@ def interop(tmp_path_factory):
     data = make_image_folder(root / "images", classes=("cat", "dog", "fox"), per_class=5, size=40)
     photos = real_photos(root / "photos")
     runs, ours = {}, {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+    with own_cache(root / "cache"):
         for model, weights in RUNS.items():
             out = root / model.replace("/", "_")
             assert main(["train", "--data", str(data), "--model", model, "--weights", weights, "--image-size", "32",

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder, need_extra
+from conftest import make_image_folder, need_extra, own_cache
 
 from transferkit.cli import main
 from transferkit.core.errors import UserError
@@ -210,8 +210,7 @@ def runs(tmp_path_factory):
     """The same tiny run trained twice: its feature cache built by openvino, and by torch."""
     root = tmp_path_factory.mktemp("cli")
     images = make_image_folder(root / "images", classes=("cat", "dog", "owl"), per_class=6)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(root / "xdg"))
+    with own_cache(root / "xdg"):
         for backend in ("openvino", "torch"):
             assert main(["train", "--data", str(images), "--out", str(root / backend), "--backend", backend,
                          "--cache-dir", str(root / f"cache-{backend}"), *TRAIN]) == 0

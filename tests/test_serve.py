@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN, make_image_folder, need_extra
+from conftest import TINY_TRAIN, make_image_folder, need_extra, own_cache
 from torch import nn
 
 from transferkit.cli import main
@@ -65,8 +65,7 @@ def served(tmp_path_factory):
     from transferkit.deploy.serve import ServeSettings, Service, create_app
 
     root = tmp_path_factory.mktemp("serve")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+    with own_cache(root / "cache"):
         images = make_image_folder(root / "images", classes=("cat", "dog", "owl"), per_class=4, size=24)
         run = root / "run"
         assert main(["train", "--data", str(images), "--out", str(run), *TINY_TRAIN]) == 0

@@ -50,7 +50,7 @@ class TrainConfig:
     batch_size: str = opt("64", "images per optimizer step, or 'auto' (largest that fits the GPU; 64 on CPU)")
     accumulate: int = opt(1, "split each batch into this many micro-batches (same maths, less memory)")
     image_size: int = opt(0, "input size in pixels; 0 uses the backbone's own")
-    augment: str = opt("none", "none | flip (random horizontal flips; disables the feature cache)",
+    augment: str = opt("none", "none | flip (random horizontal flips; with the feature cache, the mirror images' features are cached too)",
                        choices=("none", "flip"))
     shots: int = opt(0, "few-shot: only K training images per class (chosen by --seed; 0: all)")
     class_weights: str = opt("none", "none | balanced (weight each image's loss by n / (classes x its class's count): "

@@ -62,9 +62,35 @@ def prepare(batch: torch.Tensor, pre: Preprocess, device: torch.device | str = "
     return out if dtype == torch.float32 else out.to(dtype)
 
 
-def random_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Horizontal flip of a random half of the batch (``--augment flip``)."""
-    flip = torch.rand(batch.shape[0], generator=generator) < 0.5
+def flip_mask(n: int, seed: int, epoch: int, b: int) -> torch.Tensor:
+    """Which rows of training batch ``b`` of ``epoch`` are mirrored under ``--augment flip``.
+
+    One function for both training paths: the plain loop mirrors those images, the feature cache
+    picks their mirrored features, so the two train on the same inputs (and a resumed run redraws
+    the same choice)."""
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 100_003 + b)
+    return torch.rand(n, generator=generator) < 0.5
+
+
+def random_flip(batch: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Horizontal flip of the rows ``flip`` (a mask from ``flip_mask``) of a uint8 image batch."""
     out = batch.clone()
     out[flip] = batch[flip].flip(-1)
     return out
+
+
+class Mirrored:
+    """An image set seen in a mirror: what the feature cache stores for ``--augment flip``."""
+
+    def __init__(self, images):
+        self.inner, self.labels = images, images.labels
+        self.name = f"{getattr(images, 'name', 'data')} (mirrored)"
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        return self.inner.batch(index).flip(-1)
+
+    def fingerprint(self) -> str:
+        return f"{self.inner.fingerprint()}|mirrored"

@@ -56,6 +56,37 @@ class FeatureSet:
         return int(self.features.nbytes)
 
 
+@dataclass
+class FeaturePairs:
+    """Features of each image and of its mirror image (``--augment flip``): a batch is ``(B, 2, ...)``,
+    and the training step picks one of the two per row."""
+
+    plain: FeatureSet
+    mirrored: FeatureSet
+
+    def __len__(self) -> int:
+        return len(self.plain)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.plain.labels
+
+    @property
+    def built(self) -> bool:
+        return self.plain.built or self.mirrored.built
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.plain.batch(index), self.mirrored.batch(index)], 1)
+
+    @property
+    def shape(self) -> tuple:
+        return self.plain.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.plain.nbytes + self.mirrored.nbytes
+
+
 def cache_key(parts: dict) -> str:
     import torchvision
 

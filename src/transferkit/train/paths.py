@@ -17,8 +17,8 @@ from transferkit.core.cachedir import cache_root
 from transferkit.core.devices import uses_convolutions
 from transferkit.core.errors import UserError
 from transferkit.core.progress import log
-from transferkit.data.transforms import Preprocess, prepare, random_flip
-from transferkit.engine.feature_cache import build_features, cache_key
+from transferkit.data.transforms import Mirrored, Preprocess, flip_mask, prepare, random_flip
+from transferkit.engine.feature_cache import FeaturePairs, build_features, cache_key
 from transferkit.models.cut import front_sha256, split_is_exact
 from transferkit.models.plugins import model_code_sha256
 from transferkit.runtimes.choose import SAMPLE, Frozen, Lazy, Settings, choose, validate
@@ -44,7 +44,7 @@ def _trainable_names(tm, cut: int) -> str:
 def images_path(tm, sets: dict, pre: Preprocess, device, channels_last: bool, augment: str, seed: int, why: str) -> TrainPath:
     def to_input(raw, state, b):
         if augment == "flip" and state is not None:
-            raw = random_flip(raw, torch.Generator().manual_seed((seed * 1_000_003 + state.epoch) * 100_003 + b))
+            raw = random_flip(raw, flip_mask(len(raw), seed, state.epoch, b))
         return prepare(raw, pre, device, channels_last)
     return TrainPath(tm.net, sets, to_input, False, f"feature cache: off ({why}); training the full forward pass")
 
@@ -84,7 +84,7 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
         return plain("--no-cache")
     if plan.cut is None:
         return plain(f"--freeze {cfg.freeze} freezes no whole leading stages")
-    if cfg.augment != "none":
+    if cfg.augment not in ("none", "flip"):
         return plain(f"--augment {cfg.augment} changes the frozen part's input every epoch")
     parts = tm.split(plan.cut)
     if parts is None:
@@ -108,25 +108,40 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
         key_parts["precision"] = precision
     if forward is front and channels_last:
         front = forward = front.to(memory_format=torch.channels_last)
-    features, built, size = {}, 0, 0
-    for name, imageset in sets.items():
+    count = {"built": 0, "all": 0}
+
+    def cached(imageset):
         key = cache_key(dict(key_parts, data=imageset.fingerprint()))
         # An engine takes plain float32 batches on the CPU and runs its own precision: no autocast.
-        features[name] = build_features(forward, imageset, pre, root, key, device,
-                                        channels_last and forward is front,
-                                        batch_size=256 if device.type == "cpu" else 512,
-                                        progress=progress, autocast=autocast if forward is front else None)
-        built += len(imageset) if features[name].built else 0
-        size += features[name].nbytes
+        done = build_features(forward, imageset, pre, root, key, device, channels_last and forward is front,
+                              batch_size=256 if device.type == "cpu" else 512, progress=progress,
+                              autocast=autocast if forward is front else None)
+        count["built"] += len(imageset) if done.built else 0
+        count["all"] += len(imageset)
+        return done
+
+    # --augment flip: a random flip is a choice between two fixed images, so the cache holds the
+    # training images' features and their mirror images' features, and each step picks per row
+    # exactly what the plain loop would have mirrored (flip_mask): the same training, cached.
+    features = {name: cached(imageset) for name, imageset in sets.items()}
+    if cfg.augment == "flip":
+        features["train"] = FeaturePairs(features["train"], cached(Mirrored(sets["train"])))
+    size = sum(f.nbytes for f in features.values())
     shape = "x".join(str(d) for d in features["train"].shape[1:])
-    reused = sum(len(f) for f in features.values()) - built
+    built, reused = count["built"], count["all"] - count["built"]
     what = " + ".join(part for part in (f"built {built:,}" if built else "", f"reused {reused:,}" if reused else "") if part)
     frozen_part = "backbone" if plan.cut >= len(tm.layout.stages) else f"first {plan.cut} stages"
     computed = f", computed in {precision}" if precision != "fp32" else ""
-    message = (f"feature cache: on ({frozen_part} frozen, no augmentation): {what} images"
+    augment = "random flips from mirrored copies" if cfg.augment == "flip" else "no augmentation"
+    message = (f"feature cache: on ({frozen_part} frozen, {augment}): {what} images"
                f" x {shape} fp16{computed} ({size / 1e6:.0f} MB) in {root / 'features'}; training {_trainable_names(tm, plan.cut)} from it")
 
+    pairs = len(features["train"].shape) + 1  # a batch of FeaturePairs has one more axis
+
     def to_input(raw, state, b):
+        if raw.ndim == pairs:  # training: the mirrored features where the plain loop mirrors; else the plain ones
+            pick = flip_mask(len(raw), cfg.seed, state.epoch, b) if state is not None else torch.zeros(len(raw), dtype=torch.bool)
+            raw = raw[torch.arange(len(raw)), pick.long()]
         x = raw.to(device, non_blocking=True).float()
         return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
     return TrainPath(back, features, to_input, True, message)
