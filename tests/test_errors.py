@@ -61,12 +61,16 @@ def exit_status(argv) -> int:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_user_mistake_exits_2_with_one_line(case, files, capsys):
+def test_user_mistake_exits_2_with_one_line(case, files, capsys, monkeypatch):
     argv = [a.format(**files) for a in CASES[case]]
+    work = files["tmp"] / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)  # train without --out would make runs/NAME-TIME here
     assert exit_status(argv) == 2, case
     err = capsys.readouterr().err.strip().splitlines()
     errors = [line for line in err if "error" in line]
     assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
+    assert list(work.iterdir()) == [], "a failed command left folders behind"
 
 
 def closed_pipe_run(*args: str) -> tuple[int, str]:

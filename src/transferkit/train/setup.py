@@ -120,8 +120,12 @@ def global_batch(cfg: TrainConfig, path: TrainPath, device, autocast) -> int:
     return size
 
 
-def prepare_run_dir(cfg: TrainConfig) -> Path:
-    run_dir = Path(cfg.out or f"runs/{Path(cfg.model).stem.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
+def run_dir_path(cfg: TrainConfig) -> Path:
+    """``--out``, or ``runs/MODEL-TIMESTAMP``."""
+    return Path(cfg.out or f"runs/{Path(cfg.model).stem.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def prepare_run_dir(cfg: TrainConfig, run_dir: Path) -> Path:
     if not cfg.resume and ((run_dir / "run.json").exists() or (run_dir / "checkpoints").exists()):
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if dist.is_main():

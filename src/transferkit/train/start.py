@@ -6,6 +6,8 @@ checkpoint's weights are loaded first, so a feature cache built now is built fro
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from transferkit.train.setup import (
     limit_training_images,
     prepare_run_dir,
     restarted_state,
+    run_dir_path,
     seed_everything,
     training_path,
 )
@@ -66,7 +69,22 @@ def start(cfg: TrainConfig, splits: DataSplits | None = None) -> Start:
     if resume_state:
         log(f"torchrun restart {dist.restart_count()}: continuing {cfg.out} from its checkpoint")
         cfg = replace(cfg, resume=True)
-    run_dir = prepare_run_dir(cfg)
+    run_dir = run_dir_path(cfg)
+    made = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # deepest first
+    prepare_run_dir(cfg, run_dir)
+    try:
+        return _start(cfg, splits, run_dir, resume_state)
+    except BaseException:
+        # A run that stops before writing anything (a mistake in the data or the model, say)
+        # leaves no empty folders behind; os.rmdir removes only empty ones.
+        if dist.is_main():
+            with contextlib.suppress(OSError):
+                for folder in made:
+                    os.rmdir(folder)
+        raise
+
+
+def _start(cfg: TrainConfig, splits: DataSplits | None, run_dir: Path, resume_state: dict | None) -> Start:
     if cfg.resume:
         # No process writes the checkpoint before all of them have read it (the first write
         # follows collectives), and writes are atomic: every process reads the same state.
