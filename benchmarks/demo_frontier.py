@@ -46,6 +46,9 @@ CANDIDATES = {
     "96-augflip-8": {"image-size": 96, "freeze": "7", "epochs": 8, "augment": "flip"},
     "128-augflip-6": {"image-size": 128, "freeze": "7", "epochs": 6, "augment": "flip"},
     "128-freeze6-augflip-5": {"image-size": 128, "freeze": "6", "epochs": 5, "augment": "flip"},
+    # blocks.5 trains too; the front's cache in bf16 (kept only if the accuracy guard passes)
+    "96-freeze6-augflip-5-bf16": {"image-size": 96, "freeze": "6", "epochs": 5, "augment": "flip",
+                                  "precision": "bf16"},
 }
 
 
