@@ -90,12 +90,18 @@ def partial_files(root: Path) -> list[Path]:
     return sorted(root.rglob("*.partial"))
 
 
-def test_a_second_builder_waits_for_the_first_and_reuses_its_entry(tmp_path):
+def paused_builder(tmp_path: Path):
+    """``(process, script, pause folder, cache root)``: a builder holding the lock, paused halfway."""
     script, pause, root = tmp_path / "build.py", tmp_path / "pause", tmp_path / "cache"
     script.write_text(BUILDER)
     pause.mkdir()
-    first = start([str(script), str(root), "one"], tmp_path, pause)
-    wait_until_building(first, pause)
+    proc = start([str(script), str(root), "one"], tmp_path, pause)
+    wait_until_building(proc, pause)
+    return proc, script, pause, root
+
+
+def test_a_second_builder_waits_for_the_first_and_reuses_its_entry(tmp_path):
+    first, script, pause, root = paused_builder(tmp_path)
     [partial] = partial_files(root)
     second = start([str(script), str(root), "two"], tmp_path)
     second_err = Lines(second)
@@ -110,11 +116,7 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_entry(tmp_path):
 
 
 def test_a_builder_killed_halfway_leaves_a_partial_that_the_next_run_rebuilds(tmp_path):
-    script, pause, root = tmp_path / "build.py", tmp_path / "pause", tmp_path / "cache"
-    script.write_text(BUILDER)
-    pause.mkdir()
-    killed = start([str(script), str(root), "one"], tmp_path, pause)
-    wait_until_building(killed, pause)
+    killed, script, pause, root = paused_builder(tmp_path)
     killed.kill()
     killed.communicate(timeout=60)
     assert partial_files(root) and not (root / "images" / "k" / "meta.json").exists()
