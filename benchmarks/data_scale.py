@@ -194,7 +194,7 @@ def measure(n: int, args) -> dict:
     result["ours_first"] = train_once(data, work, cache, feed, f"{n}-first")
     result["ours_second"] = train_once(data, work, cache, feed, f"{n}-second")
     ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
-    if n * 0.25 < ram_mb * 0.6:  # today's path holds ~0.2 MB per image at 224 px (issue 13)
+    if n * 0.25 < ram_mb * 0.6:  # today's path holds ~0.2 MB per image at 224 px (measured before the decoded-image cache)
         result["memory_path"] = train_once(data, work, cache, ["--no-data-cache"], f"{n}-memory")
         result["loader_memory"] = loader_in_process("memory", data, cache, 0)
     else:

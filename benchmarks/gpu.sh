@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 PYTHONPATH=src python benchmarks/gpu_bench.py --images "${IMAGES:-4096}" --epochs "${EPOCHS:-2}" --batch-size "${BATCH:-128}"
-# Single-GPU DDP smoke run (issue 8): torchrun with one process on the same synthetic-free built-in data.
+# Single-GPU DDP smoke run: torchrun with one process on the same synthetic-free built-in data.
 rm -rf "${TMPDIR:-/tmp}/tk-ddp-smoke"  # a second run would find the first one's run directory
 PYTHONPATH=src python -m torch.distributed.run --standalone --nproc_per_node=1 -m transferkit train \
   --data digits --model resnet18 --weights none --freeze none --image-size 64 --epochs 1 \

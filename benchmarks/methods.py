@@ -1,4 +1,4 @@
-"""The methods of issue "Beyond the anchors", measured side by side: one command per table of
+"""The methods beyond the anchors (calibration, few-shot, imbalance, TTA, LP-FT), measured side by side: one command per table of
 benchmarks/RESULTS.md. Every row of a table uses the same data, seeds, backbone (EfficientNet-Lite0
 with its packaged ImageNet weights) and input size; runs share one feature cache (built by the
 first run that needs it), so the seconds of a row are its own training and scoring.
