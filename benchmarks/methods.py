@@ -41,6 +41,13 @@ MODEL = {"model": "efficientnet_lite0", "weights": "imagenet", "batch_size": "64
 DEMO = {"freeze": "7", "batch_size": "128", "lr": "1e-3", "backbone_lr_scale": 1.0}
 
 
+def timed(call, *args, **kwargs):
+    """``(call(*args, **kwargs), seconds it took)``."""
+    start = time.perf_counter()
+    result = call(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
 class Bench:
     def __init__(self, args):
         self.args, self.work = args, Path(args.work or tempfile.mkdtemp(prefix="tk-methods-"))
@@ -54,9 +61,7 @@ class Bench:
         out = self.work / "runs" / f"{self.count:03d}-{name}"
         cfg = TrainConfig(**{**MODEL, "image_size": self.args.size, "cache_dir": str(self.work / "cache"),
                              "out": str(out), **settings}).validate()
-        start = time.perf_counter()
-        result = train(cfg, splits)
-        seconds = time.perf_counter() - start
+        result, seconds = timed(train, cfg, splits)
         return result, json.loads((out / "run.json").read_text()), seconds
 
     def add(self, table: str, **row) -> None:
@@ -168,15 +173,11 @@ def tta(b: Bench) -> None:
     common = dict(data="fashion-mnist", train_limit=b.args.train_limit, epochs=b.args.epochs, **DEMO)
     for seed in b.seeds:
         result, _run, _seconds = b.fit("plain", seed=seed, **common)
-        start = time.perf_counter()
-        plain = evaluate_run(result["run_dir"])  # the eval command without views: what TTA adds time to
-        plain_seconds = time.perf_counter() - start
+        plain, plain_seconds = timed(evaluate_run, result["run_dir"])  # without views: what TTA adds time to
         b.add("tta", views="none", seed=seed, top1=plain["top1"], ece=plain["ece"], seconds=plain_seconds)
         print(f"| no TTA (seed {seed}) | {_pct(plain['top1'])} | - | {plain['ece']:.4f} | {plain_seconds:.0f} |", flush=True)
         for views in ("flip", "crops", "flip,crops"):
-            start = time.perf_counter()
-            m = evaluate_run(result["run_dir"], tta=views)
-            seconds = time.perf_counter() - start
+            m, seconds = timed(evaluate_run, result["run_dir"], tta=views)
             b.add("tta", views=views, seed=seed, top1=m["top1"], gain=m["top1"] - plain["top1"], ece=m["ece"],
                   seconds=seconds)
             print(f"| `--tta {views}` | {_pct(m['top1'])} | {100 * (m['top1'] - plain['top1']):+.2f} | {m['ece']:.4f} | "

@@ -8,7 +8,7 @@ from transferkit.data.tta import parse_tta
 from transferkit.deploy.backends import EXPORTED, load_backend, load_pretrained
 from transferkit.deploy.predict import collect_images, format_predictions, is_run_dir, predict_images, sample_images
 from transferkit.runs.inference import engine_settings
-from transferkit.runtimes.choose import Frozen, choose
+from transferkit.runtimes.choose import Frozen, choose, stays_in_torch
 
 
 def run(args) -> int:
@@ -28,10 +28,9 @@ def run(args) -> int:
     tta = parse_tta(args.tta)
     paths = collect_images(inputs)
     device = pick_device(args.device)
-    if device.type != "cpu" and args.backend in ("auto", "torch") and args.precision == "fp32":  # the GPU runs torch
+    # predict runs in one process even under torchrun: only a GPU keeps it in torch
+    if device.type != "cpu" and stays_in_torch(device, args.backend, args.precision):
         predictor = load_backend(run_dir) if run_dir else load_pretrained(args.model, args.weights or "imagenet")
-    elif device.type != "cpu":
-        raise UserError(f"--backend {args.backend} --precision {args.precision} run on the CPU; use --device cpu")
     elif run_dir:
         predictor = load_backend(run_dir, args.backend, args.precision, args.threads, "batch",
                                  lambda pre: sample_images(paths, pre), len(paths))

@@ -42,6 +42,11 @@ def resize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     return out.clamp_(0, 255) if out.is_floating_point() else out  # bicubic overshoots past 0..255
 
 
+def first_prepared(images, pre: Preprocess, count: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The first ``count`` images of an image set, prepared: a sample for checks and timings."""
+    return prepare(images.batch(torch.arange(min(count, len(images)))), pre, device)
+
+
 def prepare(batch: torch.Tensor, pre: Preprocess, device: torch.device | str = "cpu",
             channels_last: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``(N, 1|3, H, W)`` uint8 -> ``(N, 3, size, size)`` normalised floats on ``device``."""

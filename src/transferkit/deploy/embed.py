@@ -19,14 +19,14 @@ from transferkit.core.progress import log
 from transferkit.core.safeio import atomic_write
 from transferkit.data.imagesets import DataCache, decode_splits
 from transferkit.data.specs import load_data
-from transferkit.data.transforms import prepare
+from transferkit.data.transforms import first_prepared, prepare
 from transferkit.engine.batches import Batches
 from transferkit.engine.loop import predict_logits
 from transferkit.models.cut import HeadInput
 from transferkit.models.registry import create_backbone, describe
 from transferkit.runs.inference import engine_settings
 from transferkit.runs.rundir import load_run, read_run
-from transferkit.runtimes.choose import Frozen, choose
+from transferkit.runtimes.choose import SAMPLE, Frozen, choose, stays_in_torch
 from transferkit.runtimes.guard import guard_from_sets
 
 
@@ -52,13 +52,9 @@ def embedder(run_dir: str | None, model: str | None, weights: str = "imagenet"):
 
 def _on_engine(module, pre, sets: dict, dev, channels_last: bool, settings):
     """``(module, channels_last)``: a CPU engine for one CPU process (or when asked for), else the module."""
-    if dev.type != "cpu" or (dist.world() > 1 and settings.backend == "auto"):
-        if settings.backend not in ("auto", "torch") or settings.precision != "fp32":
-            raise UserError(f"--backend {settings.backend} --precision {settings.precision} run on the CPU; use "
-                            "--device cpu, or --backend auto --precision fp32")
+    if stays_in_torch(dev, settings.backend, settings.precision):
         return module, channels_last
-    first = next(iter(sets.values()))
-    sample = prepare(first.batch(torch.arange(min(32, len(first)))), pre)
+    sample = first_prepared(next(iter(sets.values())), pre, SAMPLE)
     guard = (guard_from_sets(sets.get("val"), sets.get("train"), pre, kind="features")
              if settings.precision != "fp32" else None)
     choice = choose(Frozen(module.eval(), pre.size, "embedder"), sample,

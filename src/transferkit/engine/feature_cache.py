@@ -71,10 +71,6 @@ class FeaturePairs:
     def labels(self) -> torch.Tensor:
         return self.plain.labels
 
-    @property
-    def built(self) -> bool:
-        return self.plain.built or self.mirrored.built
-
     def batch(self, index: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.plain.batch(index), self.mirrored.batch(index)], 1)
 

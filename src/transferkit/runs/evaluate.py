@@ -15,7 +15,7 @@ from transferkit.core.safeio import atomic_write, write_json_atomic
 from transferkit.data.images import DEFAULT_MAX_PIXELS
 from transferkit.data.imagesets import DataCache, decode_splits
 from transferkit.data.specs import load_data
-from transferkit.data.transforms import prepare
+from transferkit.data.transforms import first_prepared, prepare
 from transferkit.data.tta import parse_tta, tta_views
 from transferkit.engine.batches import Batches
 from transferkit.engine.loop import predict_logits
@@ -24,6 +24,7 @@ from transferkit.runs.history import append_eval_row
 from transferkit.runs.inference import classifier_engine, engine_settings
 from transferkit.runs.metrics import score, score_probs
 from transferkit.runs.rundir import load_run
+from transferkit.runtimes.choose import SAMPLE, stays_in_torch
 
 
 def class_index_map(data_classes: list[str], run_classes: list[str]) -> torch.Tensor:
@@ -119,15 +120,12 @@ def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels
 
 def on_engine(tm, pre, run: dict, classes: list[str], imageset, dev, settings):
     """``(network, channels_last)`` that scores the images: a CPU engine for one CPU process, else torch."""
-    if dev.type == "cpu" and (dist.world() == 1 or settings.backend != "auto"):
-        sample = prepare(imageset.batch(torch.arange(min(32, len(imageset)))), pre)
+    if not stays_in_torch(dev, settings.backend, settings.precision):
+        sample = first_prepared(imageset, pre, SAMPLE)
         settings = replace(settings, images=len(imageset))
         choice = classifier_engine(tm, pre, run, classes, settings, sample, f"{len(sample)} images being scored")
         log(choice.message)
         return choice.engine, False
-    if settings.backend not in ("auto", "torch") or settings.precision != "fp32":
-        raise UserError(f"--backend {settings.backend} --precision {settings.precision} run on the CPU; use "
-                        "--device cpu, or --backend auto --precision fp32")
     net = tm.net.to(dev)
     channels_last = uses_convolutions(net)
     return (net.to(memory_format=torch.channels_last) if channels_last else net), channels_last

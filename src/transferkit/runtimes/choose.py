@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from transferkit.core import distributed as dist
 from transferkit.core.errors import UserError
 from transferkit.runtimes import reduced
 from transferkit.runtimes.convert import export_onnx, network_key
@@ -44,6 +45,21 @@ PRECISIONS = ("fp32", "bf16", "int8")
 TOLERANCE = 1e-4
 SMALL_JOB = 64          # images: converting costs more than it saves below this, so auto keeps torch
 SAMPLE = 32             # images of the parity check and the timing (one real batch)
+
+
+def stays_in_torch(device: torch.device, backend: str, precision: str) -> bool:
+    """Whether a frozen forward pass runs in torch instead of a CPU engine: on a GPU, and under
+    torchrun's several CPU processes with ``--backend auto`` (an engine per process would compete
+    for the same cores; a named ``--backend`` still gets one). Asking there for another engine or
+    a reduced precision is a mistake, said in one line."""
+    if device.type == "cpu" and not (dist.world() > 1 and backend == "auto"):
+        return False
+    if backend not in ("auto", "torch") or precision != "fp32":
+        where, advice = (("on a GPU", "use --device cpu, or") if device.type != "cpu"
+                         else ("under torchrun", "name an engine with --backend, or use"))
+        raise UserError(f"--backend {backend} --precision {precision} are for the CPU's engines; {where} the "
+                        f"frozen part runs in torch: {advice} --backend auto --precision fp32")
+    return True
 
 
 @dataclass

@@ -15,13 +15,12 @@ import torch
 from transferkit.core import distributed as dist
 from transferkit.core.cachedir import cache_root
 from transferkit.core.devices import uses_convolutions
-from transferkit.core.errors import UserError
 from transferkit.core.progress import log
-from transferkit.data.transforms import Mirrored, Preprocess, flip_mask, prepare, random_flip
+from transferkit.data.transforms import Mirrored, Preprocess, first_prepared, flip_mask, prepare, random_flip
 from transferkit.engine.feature_cache import FeaturePairs, build_features, cache_key
 from transferkit.models.cut import front_sha256, split_is_exact
 from transferkit.models.plugins import model_code_sha256
-from transferkit.runtimes.choose import SAMPLE, Frozen, Lazy, Settings, choose, validate
+from transferkit.runtimes.choose import SAMPLE, Frozen, Lazy, Settings, choose, stays_in_torch, validate
 from transferkit.runtimes.engines import all_cores
 from transferkit.runtimes.guard import guard_from_sets
 
@@ -56,17 +55,12 @@ def front_engine(cfg, front, sets: dict, pre: Preprocess, device, root: Path, co
     validate(cfg.backend, cfg.precision, cfg.threads)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # --threads is torch's too, training included
-    several = dist.world() > 1
-    if device.type != "cpu" or (several and cfg.backend == "auto"):
-        if cfg.backend not in ("auto", "torch") or cfg.precision != "fp32":
-            where = "on a GPU" if device.type != "cpu" else "under torchrun"
-            raise UserError(f"--backend {cfg.backend} --precision {cfg.precision} are for the CPU's engines; {where} "
-                            "the frozen part runs in torch: use --backend auto --precision fp32")
+    if stays_in_torch(device, cfg.backend, cfg.precision):
         return front, "fp32"
-    threads = cfg.threads or (all_cores() // dist.world() if several else 0)
+    threads = cfg.threads or (all_cores() // dist.world() if dist.world() > 1 else 0)
     settings = Settings(cfg.backend, cfg.precision, max(threads, 0), "batch", root,
                         sum(len(s) for s in sets.values()))
-    sample = prepare(sets["train"].batch(torch.arange(min(SAMPLE, len(sets["train"])))), pre)
+    sample = first_prepared(sets["train"], pre, SAMPLE)
     frozen = Frozen(front.eval(), pre.size, "frozen front", {"code": code} if code else {})
     if cfg.precision == "fp32":
         return Lazy(lambda: choose(frozen, sample, settings), log), "fp32"
@@ -91,7 +85,7 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
         return plain(f"{cfg.model} cannot be cut after stage {plan.cut}; it caches only with --freeze backbone")
     front, back = (p.to(device) for p in parts)
     if tm.info.source in ("user", "registered", "hub"):
-        sample = prepare(sets["train"].batch(torch.arange(min(2, len(sets["train"])))), pre, device)
+        sample = first_prepared(sets["train"], pre, 2, device)
         if not split_is_exact(tm.net, front, back, sample):
             return plain(f"{cfg.model} does more after its last nn.Linear ({tm.layout.classifier}) than "
                          "return its output, so it cannot be cut there")
@@ -108,17 +102,15 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
         key_parts["precision"] = precision
     if forward is front and channels_last:
         front = forward = front.to(memory_format=torch.channels_last)
-    count = {"built": 0, "all": 0}
+    entries = []  # every FeatureSet made, for the counts in the log line
 
     def cached(imageset):
         key = cache_key(dict(key_parts, data=imageset.fingerprint()))
         # An engine takes plain float32 batches on the CPU and runs its own precision: no autocast.
-        done = build_features(forward, imageset, pre, root, key, device, channels_last and forward is front,
-                              batch_size=256 if device.type == "cpu" else 512, progress=progress,
-                              autocast=autocast if forward is front else None)
-        count["built"] += len(imageset) if done.built else 0
-        count["all"] += len(imageset)
-        return done
+        entries.append(build_features(forward, imageset, pre, root, key, device, channels_last and forward is front,
+                                      batch_size=256 if device.type == "cpu" else 512, progress=progress,
+                                      autocast=autocast if forward is front else None))
+        return entries[-1]
 
     # --augment flip: a random flip is a choice between two fixed images, so the cache holds the
     # training images' features and their mirror images' features, and each step picks per row
@@ -128,7 +120,8 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
         features["train"] = FeaturePairs(features["train"], cached(Mirrored(sets["train"])))
     size = sum(f.nbytes for f in features.values())
     shape = "x".join(str(d) for d in features["train"].shape[1:])
-    built, reused = count["built"], count["all"] - count["built"]
+    built = sum(len(f) for f in entries if f.built)
+    reused = sum(len(f) for f in entries) - built
     what = " + ".join(part for part in (f"built {built:,}" if built else "", f"reused {reused:,}" if reused else "") if part)
     frozen_part = "backbone" if plan.cut >= len(tm.layout.stages) else f"first {plan.cut} stages"
     computed = f", computed in {precision}" if precision != "fp32" else ""

@@ -16,7 +16,7 @@ from transferkit.core.errors import UserError
 from transferkit.core.progress import log
 from transferkit.data.imagesets import DataCache, decode_splits
 from transferkit.data.specs import DataSplits, stratified_split
-from transferkit.data.transforms import Preprocess, prepare
+from transferkit.data.transforms import Preprocess, first_prepared
 from transferkit.engine import checkpoint as ckpt
 from transferkit.engine.batches import auto_batch_size
 from transferkit.models.fewshot import is_fewshot
@@ -95,8 +95,7 @@ def training_path(cfg: TrainConfig, tm: TransferModel, sets: dict, device, autoc
                          tell=feeding.append)
     if len(sets["train"]) == 0:
         raise UserError(f"data '{cfg.data}' has no training images")
-    check_shapes(tm.net, prepare(sets["train"].batch(torch.arange(min(2, len(sets["train"])))), pre, device),
-                 tm.num_classes)
+    check_shapes(tm.net, first_prepared(sets["train"], pre, 2, device), tm.num_classes)
     for line in feeding:
         log(line)
     path = choose_path(cfg, tm, plan, sets, pre, device, autocast, progress)
