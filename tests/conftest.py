@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +23,25 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # Fashion-MNIST stays reachable from the Debian package location, so the data env var only
     # moves downloads of other data sets.
     yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_scratch_goes(request, tmp_path_factory):
+    """Remove what a module's fixtures wrote once the module is done, unless one of its tests failed.
+
+    Each training run writes three copies of its weights (best, last, model); kept for the whole
+    session, the suite's scratch grows to many gigabytes. Passing tests' own tmp_path folders go at
+    once (tmp_path_retention_policy in pyproject.toml); this does the same for module fixtures.
+    """
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed != failed:
+        return
+    for entry in set(base.iterdir()) - before:
+        if entry.name != "cache":
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 @contextmanager
