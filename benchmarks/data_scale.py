@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,7 @@ class Tiny(nn.Module):
     def forward(self, x):
         return self.fc(self.features(x).flatten(1))
 """
+LOADER_EPOCHS = 5
 # `python -c FIRST_STEP train ...`: transferkit's CLI, with the wall-clock time of the end of the
 # first optimizer step written to $FIRST_STEP_FILE (a global optimizer hook: no change to the trainer).
 FIRST_STEP = """
@@ -126,7 +128,7 @@ def train_once(data: Path, work: Path, cache: Path, extra: list[str], tag: str) 
 
 
 def loader(kind: str, data: str, cache: str, limit: int, feed: str = "auto") -> dict:
-    """images/s of one shuffled epoch, normalised float batches of 64 at 224 px (run in its own process)."""
+    """images/s of a shuffled epoch (median of LOADER_EPOCHS), normalised float batches of 64 at 224 px (run in its own process)."""
     import torch
 
     from transferkit.core.cputuning import tune_malloc
@@ -152,10 +154,16 @@ def loader(kind: str, data: str, cache: str, limit: int, feed: str = "auto") -> 
     train = load_data(data, 0).train
     cached = DataCache(Path(cache), feed) if kind == "ours" else None
     source = decode_splits({"train": train}, 224, cache=cached, announce=False)["train"]
-    start, n = time.perf_counter(), 0
-    for _b, _index, raw, _labels in Batches(source, 64, shuffle=True, seed=0)(0):
-        n += len(prepare(raw, pre, "cpu"))
-    return {"images": n, "images_per_s": n / (time.perf_counter() - start), "source": type(source).__name__}
+    # An epoch of 10k images lasts about a second: the median of LOADER_EPOCHS shuffled epochs,
+    # so one stall of the machine does not decide the comparison.
+    rates, n = [], 0
+    for epoch in range(LOADER_EPOCHS):
+        start, n = time.perf_counter(), 0
+        for _b, _index, raw, _labels in Batches(source, 64, shuffle=True, seed=0)(epoch):
+            n += len(prepare(raw, pre, "cpu"))
+        rates.append(n / (time.perf_counter() - start))
+    return {"images": n, "images_per_s": statistics.median(rates), "epochs_images_per_s": [round(r) for r in rates],
+            "source": type(source).__name__}
 
 
 def loader_in_process(kind: str, data: Path, cache: Path, limit: int, feed: str = "auto") -> dict:
@@ -182,6 +190,28 @@ def torchrun_decode(data: Path, work: Path) -> dict:
     per_rank = [sum(m["decoded_by"][r] for m in metas) for r in range(2)]
     return {"decoded_per_process": per_rank, "decoded_total": sum(per_rank), "images": sum(m["n"] for m in metas),
             "total_s": time.time() - start}
+
+
+# The least any PyTorch training process takes to its first step: import torch, make an AdamW
+# (which imports torch._dynamo), take one step. The second run cannot beat this.
+BARE_STEP = """
+import time
+import torch
+model = torch.nn.Linear(4, 2)
+optimizer = torch.optim.AdamW(model.parameters())
+model(torch.zeros(1, 4)).sum().backward()
+optimizer.step()
+print(repr(time.time()))
+"""
+
+
+def bare_pytorch_first_step(repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.time()  # to the end of the step, as for the runs (not the process's exit)
+        done = subprocess.run([sys.executable, "-c", BARE_STEP], check=True, capture_output=True, text=True)
+        times.append(float(done.stdout) - start)
+    return statistics.median(times)
 
 
 def measure(n: int, args) -> dict:
@@ -247,9 +277,11 @@ def main() -> None:
     for n in args.sizes:
         results.append(measure(n, args))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    floor = bare_pytorch_first_step()
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({"sizes": results, "bare_pytorch_first_step_s": floor}, indent=2))
     print(report(results))
+    print(f"\nA bare PyTorch process to its first AdamW step (import torch, one step; median of 3): {floor:.1f} s")
 
 
 if __name__ == "__main__":

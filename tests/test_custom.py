@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -208,3 +209,29 @@ def test_entry_point_group_provides_names(tmp_path, monkeypatch, capsys):
     assert main(["eval", str(run), "--quiet"]) == 2
     assert "registered backbone 'ep_net', which is not registered now" in capsys.readouterr().err
     sys.modules.pop("tk_ep_nets", None)
+
+
+def test_training_a_users_model_imports_neither_torchvision_nor_timm(tmp_path):
+    """Both take seconds to import (core/lazy.py); a user's own model needs neither, and the run
+    still records their versions."""
+    model = tmp_path / "mine.py"
+    model.write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        class Mine(nn.Module):
+            def __init__(self, num_classes):
+                super().__init__()
+                self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+                self.fc = nn.Linear(4, num_classes)
+
+            def forward(self, x):
+                return self.fc(self.features(x))
+    """))
+    code = ("import sys; from transferkit.cli import main; rc = main(sys.argv[1:]); "
+            "print([m for m in ('torchvision', 'timm') if m in sys.modules]); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, "train", "--model", f"{model}:Mine", *SCRATCH,
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    versions = json.loads((tmp_path / "run" / "run.json").read_text())["versions"]
+    assert versions["torchvision"][0].isdigit() and versions["timm"][0].isdigit()

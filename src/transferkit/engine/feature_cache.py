@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from transferkit.core import cachedir
+from transferkit.core.lazy import version_of
 from transferkit.core.records import Records, write_rows
 from transferkit.data.transforms import Preprocess, prepare
 
@@ -84,9 +85,7 @@ class FeaturePairs:
 
 
 def cache_key(parts: dict) -> str:
-    import torchvision
-
-    full = dict(parts, cache_version=CACHE_VERSION, torch=torch.__version__, torchvision=torchvision.__version__)
+    full = dict(parts, cache_version=CACHE_VERSION, torch=torch.__version__, torchvision=version_of("torchvision"))
     return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

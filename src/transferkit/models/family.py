@@ -21,12 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-import timm
 import torch
-import torchvision.models as tvm
 from torch import nn
 
 from transferkit.core.errors import UserError
+from transferkit.core.lazy import LazyModule
 from transferkit.core.safeio import load_weights_file, sha256_file
 from transferkit.data.transforms import Preprocess
 from transferkit.models import heads
@@ -41,6 +40,9 @@ from transferkit.models.weights import (
     timm_cached_names,
     torch_hub_file,
 )
+
+timm = LazyModule("timm")
+tvm = LazyModule("torchvision.models")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -180,7 +182,7 @@ class TorchvisionFamily(Family):
         return [n for n in torchvision_names() if n.startswith(self.prefixes)]
 
     def builds(self, name: str) -> bool:
-        return name in torchvision_names() and name.startswith(self.prefixes)
+        return name.startswith(self.prefixes) and name in torchvision_names()
 
     def describes(self, model: nn.Module) -> bool:
         return type(model).__name__ in self.classes and type(model).__module__.startswith("torchvision.")

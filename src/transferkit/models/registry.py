@@ -6,7 +6,6 @@ from __future__ import annotations
 import difflib
 
 from torch import nn
-from torchvision.models import ResNet18_Weights
 
 from transferkit.core.errors import UserError
 from transferkit.models.families import FAMILIES
@@ -98,4 +97,6 @@ def list_models() -> list[tuple[str, str, str, list[str]]]:
 
 
 def imagenet_class_names() -> list[str]:
+    from torchvision.models import ResNet18_Weights  # imported when asked: torchvision is slow to import
+
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])

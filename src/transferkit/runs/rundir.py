@@ -5,12 +5,11 @@ import json
 import platform
 from pathlib import Path
 
-import timm
 import torch
-import torchvision
 
 from transferkit import __version__
 from transferkit.core.errors import UserError
+from transferkit.core.lazy import version_of
 from transferkit.core.safeio import load_weights_file
 from transferkit.data.transforms import Preprocess
 from transferkit.models.families.custom import registered
@@ -22,8 +21,8 @@ from transferkit.models.weights import load_exactly
 
 
 def versions() -> dict:
-    return {"transferkit": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__, "python": platform.python_version()}
+    return {"transferkit": __version__, "torch": torch.__version__, "torchvision": version_of("torchvision"),
+            "timm": version_of("timm"), "python": platform.python_version()}
 
 
 def read_run(run_dir: str | Path) -> dict:

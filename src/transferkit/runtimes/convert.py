@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -32,11 +33,11 @@ def static_same_pad(module: nn.Module, size: int) -> nn.Module:
     arithmetic itself, padding wrongly. With constant pads the file is exact for that input size,
     which is the only size a run ever feeds. Returns ``module`` itself when it has none.
     """
-    try:
-        from timm.layers.conv2d_same import Conv2dSame
-        from timm.layers.padding import get_same_padding
-    except ImportError:
-        return module
+    if "timm.layers.conv2d_same" not in sys.modules:
+        return module  # never imported, so no module here is one (and importing timm costs seconds)
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.padding import get_same_padding
+
     if not any(isinstance(m, Conv2dSame) for m in module.modules()):
         return module
     module = copy.deepcopy(module).eval()
