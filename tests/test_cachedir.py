@@ -178,3 +178,50 @@ def test_cache_list_and_clear_skip_an_entry_being_built(tmp_path, capsys):
     assert main(["cache", "clear", "--cache-dir", str(root), "--kind", "images"]) == 0
     assert "removed 1 cache entry" in capsys.readouterr().out
     assert list((root / "images").iterdir()) == []  # entries and their lock files
+
+
+CONVERTER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from transferkit.runtimes.store import Entry
+
+    root, payload = Path(sys.argv[1]), sys.argv[2]
+    path, made = Entry(root, "k").file("model.onnx", lambda p: p.write_text(payload))
+    print("made" if made else "reused", path.read_text())
+""")
+
+
+def paused_converter(tmp_path: Path):
+    """``(process, script, pause folder, cache root)``: an engine conversion holding its lock, paused."""
+    script, pause, root = tmp_path / "convert.py", tmp_path / "pause", tmp_path / "cache"
+    script.write_text(CONVERTER)
+    pause.mkdir()
+    proc = start([str(script), str(root), "one"], tmp_path, pause)
+    wait_until_building(proc, pause)
+    return proc, script, pause, root
+
+
+def test_a_network_is_converted_once_while_a_second_process_waits(tmp_path, capsys):
+    first, script, pause, root = paused_converter(tmp_path)
+    assert main(["cache", "clear", "--cache-dir", str(root)]) == 0  # skips the entry being made
+    assert "skipped" in capsys.readouterr().out and partial_files(root)
+    second = start([str(script), str(root), "two"], tmp_path)
+    second_err = Lines(second)
+    second_err.wait_for("waiting for another process that is building the model.onnx")
+    (pause / "go").touch()
+    out_first, _ = first.communicate(timeout=120)
+    out_second, _ = second.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, second_err.rest()
+    assert out_first.strip() == "made one" and out_second.strip() == "reused one"
+    assert partial_files(root) == []
+
+
+def test_a_conversion_killed_halfway_is_cleaned_up_and_made_again(tmp_path):
+    killed, script, pause, root = paused_converter(tmp_path)
+    killed.kill()
+    killed.communicate(timeout=60)
+    assert partial_files(root)
+    again = start([str(script), str(root), "again"], tmp_path)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert out.strip() == "made again" and partial_files(root) == []

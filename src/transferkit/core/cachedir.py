@@ -1,7 +1,8 @@
-"""The cache folder: one policy for every cache transferkit writes (cached features, decoded images).
+"""The cache folder: one policy for every cache transferkit writes (cached features, decoded images, converted networks).
 
 Layout: ``ROOT/KIND/KEY/`` is one entry, ``ROOT/KIND/KEY.lock`` its lock. ROOT is ``--cache-dir``
-(default: the user cache dir, e.g. ``~/.cache/transferkit``); KIND is ``features`` or ``images``;
+(default: the user cache dir, e.g. ``~/.cache/transferkit``); KIND is ``features``, ``images`` or
+``engines`` (``runtimes/store.py``: files added one by one, each under this lock);
 KEY is a hash of everything that changes the content. An entry holds its data file and
 ``meta.json``, which is written last: an entry is complete exactly when its ``meta.json`` names
 its key, so a folder without one is unfinished and is never read.
@@ -131,7 +132,8 @@ def _remove_leftovers(entry: Entry) -> None:
     shutil.rmtree(entry.folder)
 
 
-def _pause_for_tests(entry: Entry) -> None:
+def pause_for_tests(entry: Entry) -> None:
+    """Called by a builder holding the entry's lock (here and in runtimes/store.py)."""
     folder = os.environ.get(PAUSE_ENV)
     if not folder:
         return
@@ -163,7 +165,7 @@ def build(entry: Entry, data_name: str, *, complete: Callable[[dict, Path], bool
                 partial = entry.folder / f"{data_name}.{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.partial"
                 stack.callback(lambda: partial.unlink(missing_ok=True))  # ours alone; gone once renamed
                 plan = ("build", str(partial), create(partial))
-                _pause_for_tests(entry)
+                pause_for_tests(entry)
         plan = dist.broadcast_object(plan)
         if plan[0] == "reuse":  # built by another process while this one waited
             meta = _usable(entry, complete)

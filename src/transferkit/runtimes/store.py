@@ -5,7 +5,10 @@ blobs); KEY hashes everything the conversion depends on (the network's own tenso
 the input size, the library versions). Entries follow the cache folder's rules: a file is
 written under a name of its own and renamed into place, and ``meta.json``, written last, lists
 the files with their sizes and hashes; a file missing from it, or that no longer matches it,
-is stale and made again. Deleting the folder is always safe.
+is stale and made again. A file is made holding the entry's lock (``core/cachedir``): a second
+process that needs it waits, says so, and uses the finished file instead of converting again;
+``transferkit cache clear`` skips an entry being made; and a private folder left by a process
+that died while converting is removed by the next one. Deleting the folder is always safe.
 """
 from __future__ import annotations
 
@@ -16,9 +19,10 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from transferkit.core import cachedir
 from transferkit.core.safeio import sha256_file, write_json_atomic
 
-KIND = "engines"
+KIND = "engines"  # one of cachedir.KINDS
 META = "meta.json"
 
 
@@ -27,7 +31,8 @@ class Entry:
 
     def __init__(self, root: Path, key: str, about: str = ""):
         self.root, self.key, self.about = Path(root), key, about
-        self.folder = self.root / KIND / key
+        self.lockable = cachedir.Entry(self.root, KIND, key)
+        self.folder = self.lockable.folder
 
     def _meta(self) -> dict:
         try:
@@ -58,22 +63,26 @@ class Entry:
         """
         if (path := self.current(name)) is not None:
             return path, False
-        self.folder.mkdir(parents=True, exist_ok=True)
-        work = self.folder / f".{name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
-        work.mkdir()
-        try:
-            make(work / name)
-            hashes = {n: sha256_file(work / n) for n in (name, *companions)}
-            for n in (*companions, name):
-                os.replace(work / n, self.folder / n)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        # Two processes may make the same file at once: both write whole files under their own
-        # names, the last rename wins, and the record below describes a complete file either way.
-        meta = self._meta()
-        meta.setdefault("files", {})[name] = {"sha256": hashes, "with": list(companions)}
-        meta["about"] = self.about or meta.get("about", "")
-        write_json_atomic(self.folder / META, meta)
+        with cachedir.locked(self.lockable, f"{name} (a converted network)"):
+            if (path := self.current(name)) is not None:  # made by the process this one waited for
+                return path, False
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for leftover in self.folder.glob(".*.partial"):  # only a lock holder writes these: a dead one's
+                shutil.rmtree(leftover, ignore_errors=True)
+            work = self.folder / f".{name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
+            work.mkdir()
+            try:
+                cachedir.pause_for_tests(self.lockable)
+                make(work / name)
+                hashes = {n: sha256_file(work / n) for n in (name, *companions)}
+                for n in (*companions, name):
+                    os.replace(work / n, self.folder / n)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            meta = self._meta()  # read, changed and written under the lock: no record is lost
+            meta.setdefault("files", {})[name] = {"sha256": hashes, "with": list(companions)}
+            meta["about"] = self.about or meta.get("about", "")
+            write_json_atomic(self.folder / META, meta)
         return self.folder / name, True
 
     def subfolder(self, name: str) -> Path:
