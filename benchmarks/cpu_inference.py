@@ -261,13 +261,15 @@ def main(argv=None) -> int:
     parser.add_argument("--peak-gflops", type=float, default=0.0)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--sections", default="engines,cache,serve")
+    parser.add_argument("--cache-rows", default="torch:fp32,auto:fp32,auto:bf16,auto:int8",
+                        help="the cache section's BACKEND:PRECISION rows (torch:fp32 is the baseline of the ratios)")
     parser.add_argument("--json", default="cpu_inference.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.photos, args.requests, args.rounds, args.batch, args.calibration = 200, 60, 2, 8, 16
     args.models = args.models.split(",")
     args.rows = ROWS
-    args.cache_rows = [("torch", "fp32"), ("auto", "fp32"), ("auto", "bf16"), ("auto", "int8")]
+    args.cache_rows = [tuple(row.split(":")) for row in args.cache_rows.split(",")]
     args.serve_rows = ["--backend torch", "--backend auto", "--backend auto --precision bf16"]
     peak, method = peak_gflops(args.peak_gflops)
     result = {"peak_gflops": peak, "peak_method": method, "cpu_count": os.cpu_count(), "argv": sys.argv[1:],

@@ -130,7 +130,7 @@ def reduced_as(monkeypatch, forward):
         engine = real(name, source, "fp32", *a, **kw)
         return engine if precision == "fp32" else Reduced(engine)
     monkeypatch.setattr(choosing, "build_engine", build)
-    monkeypatch.setattr(choosing, "_reduced_engine_name", lambda *a: "torch")
+    monkeypatch.setattr(choosing, "_reduced_engine_names", lambda *a: ["torch"])
 
 
 def test_guard_refuses_a_precision_that_breaks_agreement(resnet, root, monkeypatch):
@@ -166,6 +166,29 @@ def test_int8_is_calibrated_cached_and_judged(resnet, root, backend):
     assert ("accuracy guard passed" if verdict["ok"] else "--precision int8 refused") in choice.message
     folder = root / "engines" / choice.report["onnx"].split("/")[-2]
     assert list(folder.glob("int8-*.xml" if backend == "openvino" else "int8-*.onnx"))  # kept for the next run
+
+
+@pytest.mark.parametrize("failing", [None, "onnxruntime"])
+def test_int8_auto_times_both_quantizers_and_keeps_the_fastest_that_passes(resnet, root, monkeypatch, failing):
+    """Both int8 engines are really built (NNCF's and onnxruntime's); their speeds and the guard's
+    verdicts are set here, so the choice, not this machine's timing, is what is checked."""
+    need_extra("nncf", "int8")
+    frozen, x = resnet
+    monkeypatch.setattr(choosing, "speed", lambda engine, _x: {"openvino": 100.0, "onnxruntime": 300.0}[engine.name])
+    real_judge = choosing.judge
+
+    def judge(fp32, engine, guard):
+        verdict = dict(real_judge(fp32, engine, guard), ok=engine.name != failing)
+        return dict(verdict, text=f"{engine.name} {'fails' if engine.name == failing else 'passes'}")
+    monkeypatch.setattr(choosing, "judge", judge)
+    choice = choose(frozen, x, settings(root, precision="int8"), guard_for(frozen, x))
+    assert choice.report["reduced_speeds"] == {"openvino": 100.0, "onnxruntime": 300.0}
+    want = "openvino" if failing == "onnxruntime" else "onnxruntime"
+    assert choice.engine.name == want and choice.engine.precision == "int8"
+    other = "openvino" if want == "onnxruntime" else "onnxruntime"
+    assert f"{want} int8 at {choice.report['reduced_speed']:.0f} img/s" in choice.message
+    assert f"also timed: {other} int8" in choice.message
+    assert ("onnxruntime int8 failed the guard" in choice.message) == (failing == "onnxruntime")
 
 
 def test_probe_judges_features_without_a_head():

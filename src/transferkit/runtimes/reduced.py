@@ -37,13 +37,19 @@ def bf16_support() -> dict:
     return has
 
 
-def int8_engine() -> str | None:
-    """openvino when NNCF (and OpenVINO) are installed, else onnxruntime, else None."""
+def int8_engines() -> list[str]:
+    """The installed int8 engines: openvino when NNCF (and OpenVINO) are installed, onnxruntime when it is."""
+    engines = []
     if importlib.util.find_spec("nncf") is not None and importlib.util.find_spec("openvino") is not None:
-        return "openvino"
+        engines.append("openvino")
     if importlib.util.find_spec("onnxruntime") is not None:
-        return "onnxruntime"
-    return None
+        engines.append("onnxruntime")
+    return engines
+
+
+def int8_engine() -> str | None:
+    """The first of ``int8_engines`` (openvino when NNCF is installed), else None."""
+    return next(iter(int8_engines()), None)
 
 
 def calibration_key(images: np.ndarray) -> str:
