@@ -265,6 +265,9 @@ def main(argv=None) -> int:
                         help="the cache section's BACKEND:PRECISION rows (torch:fp32 is the baseline of the ratios)")
     parser.add_argument("--json", default="cpu_inference.json")
     args = parser.parse_args(argv)
+    from transferkit.core.cputuning import tune_malloc
+
+    tune_malloc()  # as the transferkit command does: large batches otherwise fault in fresh pages on every op
     if args.quick:
         args.photos, args.requests, args.rounds, args.batch, args.calibration = 200, 60, 2, 8, 16
     args.models = args.models.split(",")
