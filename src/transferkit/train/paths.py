@@ -103,9 +103,10 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
     if forward is front and channels_last:
         front = forward = front.to(memory_format=torch.channels_last)
     entries = []  # every FeatureSet made, for the counts in the log line
-    # Eager PyTorch on the CPU runs a front fastest in small batches whose activations stay in
-    # cache (EfficientNet-Lite0 at 224 px: 40 img/s at 32, 21-25 at 256); onnxruntime and
-    # OpenVINO run 256 about 6% faster than 32. On a GPU, large batches.
+    # Eager PyTorch on the CPU: batches of 256 at 224 px move hundreds of MB per layer, and
+    # their speed swings with the process's memory state (EfficientNet-Lite0's front: 83 img/s
+    # in a fresh process, 27-35 after other engines ran in it); batches of 32 stay near 70 in
+    # both. onnxruntime and OpenVINO run 256 about 6% faster than 32. On a GPU, large batches.
     in_torch = forward is front or cfg.backend == "torch"
     batch_size = 512 if device.type != "cpu" else 32 if in_torch else 256
 
