@@ -166,6 +166,21 @@ def imbalance(b: Bench) -> None:
                   f"{_pct(m['top1'])} | {_pct(m['balanced_accuracy'])} | {m['macro_f1']:.4f} | {seconds:.0f} |", flush=True)
 
 
+def compared_rows(b: Bench, table: str, seed: int, reference: tuple, others: list) -> None:
+    """Record and print a reference row, then rows compared with it: test top-1, gain, ECE, seconds (extra).
+
+    ``reference`` is ``(label, metrics, seconds, fields)``; ``others`` a list of the same.
+    ``fields`` go into the recorded row (e.g. ``views="flip"``)."""
+    label, ref, ref_seconds, fields = reference
+    b.add(table, seed=seed, top1=ref["top1"], ece=ref["ece"], seconds=ref_seconds, **fields)
+    print(f"| {label} | {_pct(ref['top1'])} | - | {ref['ece']:.4f} | {ref_seconds:.0f} |", flush=True)
+    for label, m, seconds, fields in others:
+        gain = m["top1"] - ref["top1"]
+        b.add(table, seed=seed, top1=m["top1"], gain=gain, ece=m["ece"], seconds=seconds, **fields)
+        print(f"| {label} | {_pct(m['top1'])} | {100 * gain:+.2f} | {m['ece']:.4f} | "
+              f"{seconds:.0f} ({seconds - ref_seconds:+.0f}) |", flush=True)
+
+
 def tta(b: Bench) -> None:
     """The demo recipe (reduced), scored plain and with each set of test-time views."""
     print("| eval of the same run | test top-1 | gain (points) | ECE | seconds (extra) |")
@@ -174,14 +189,9 @@ def tta(b: Bench) -> None:
     for seed in b.seeds:
         result, _run, _seconds = b.fit("plain", seed=seed, **common)
         plain, plain_seconds = timed(evaluate_run, result["run_dir"])  # without views: what TTA adds time to
-        b.add("tta", views="none", seed=seed, top1=plain["top1"], ece=plain["ece"], seconds=plain_seconds)
-        print(f"| no TTA (seed {seed}) | {_pct(plain['top1'])} | - | {plain['ece']:.4f} | {plain_seconds:.0f} |", flush=True)
-        for views in ("flip", "crops", "flip,crops"):
-            m, seconds = timed(evaluate_run, result["run_dir"], tta=views)
-            b.add("tta", views=views, seed=seed, top1=m["top1"], gain=m["top1"] - plain["top1"], ece=m["ece"],
-                  seconds=seconds)
-            print(f"| `--tta {views}` | {_pct(m['top1'])} | {100 * (m['top1'] - plain['top1']):+.2f} | {m['ece']:.4f} | "
-                  f"{seconds:.0f} ({seconds - plain_seconds:+.0f}) |", flush=True)
+        views = [(f"`--tta {v}`", *timed(evaluate_run, result["run_dir"], tta=v), {"views": v})
+                 for v in ("flip", "crops", "flip,crops")]
+        compared_rows(b, "tta", seed, (f"no TTA (seed {seed})", plain, plain_seconds, {"views": "none"}), views)
 
 
 def lpft(b: Bench) -> None:
@@ -192,17 +202,13 @@ def lpft(b: Bench) -> None:
     for seed in b.seeds:
         for lr in ("1e-3", "3e-4"):
             ref, _, ref_seconds = b.fit(f"plain-{lr}", seed=seed, **{**common, "lr": lr})
-            b.add("lpft", run=f"plain lr {lr}", seed=seed, top1=ref["metrics"]["top1"], seconds=ref_seconds)
-            print(f"| plain, lr {lr} (seed {seed}) | {_pct(ref['metrics']['top1'])} | - | {ref['metrics']['ece']:.4f} | "
-                  f"{ref_seconds:.0f} |", flush=True)
             lp, run, seconds = b.fit(f"lpft-{lr}", seed=seed, recipe="lpft", **{**common, "lr": lr})
-            m, probe = lp["metrics"], run["recipe"]["linear_probe"]
-            gain = m["top1"] - ref["metrics"]["top1"]
-            b.add("lpft", run=f"lpft lr {lr}", seed=seed, top1=m["top1"], gain=gain, ece=m["ece"], seconds=seconds,
-                  probe=probe)
-            print(f"| `--recipe lpft`, lr {lr} (probe: val {_pct(probe['val_acc'])}, L2 {probe['l2']:g}, "
-                  f"{probe['seconds']:.0f} s) | {_pct(m['top1'])} | {100 * gain:+.2f} | {m['ece']:.4f} | "
-                  f"{seconds:.0f} ({seconds - ref_seconds:+.0f}) |", flush=True)
+            probe = run["recipe"]["linear_probe"]
+            label = (f"`--recipe lpft`, lr {lr} (probe: val {_pct(probe['val_acc'])}, L2 {probe['l2']:g}, "
+                     f"{probe['seconds']:.0f} s)")
+            compared_rows(b, "lpft", seed, (f"plain, lr {lr} (seed {seed})", ref["metrics"], ref_seconds,
+                                            {"run": f"plain lr {lr}"}),
+                          [(label, lp["metrics"], seconds, {"run": f"lpft lr {lr}", "probe": probe})])
 
 
 TABLES = {"calibration": calibration, "fewshot": fewshot, "imbalance": imbalance, "tta": tta, "lpft": lpft}

@@ -90,10 +90,10 @@ def partial_files(root: Path) -> list[Path]:
     return sorted(root.rglob("*.partial"))
 
 
-def paused_builder(tmp_path: Path):
-    """``(process, script, pause folder, cache root)``: a builder holding the lock, paused halfway."""
+def paused_builder(tmp_path: Path, code: str = BUILDER):
+    """``(process, script, pause folder, cache root)``: a builder (``code``) holding the lock, paused halfway."""
     script, pause, root = tmp_path / "build.py", tmp_path / "pause", tmp_path / "cache"
-    script.write_text(BUILDER)
+    script.write_text(code)
     pause.mkdir()
     proc = start([str(script), str(root), "one"], tmp_path, pause)
     wait_until_building(proc, pause)
@@ -191,18 +191,8 @@ CONVERTER = textwrap.dedent("""
 """)
 
 
-def paused_converter(tmp_path: Path):
-    """``(process, script, pause folder, cache root)``: an engine conversion holding its lock, paused."""
-    script, pause, root = tmp_path / "convert.py", tmp_path / "pause", tmp_path / "cache"
-    script.write_text(CONVERTER)
-    pause.mkdir()
-    proc = start([str(script), str(root), "one"], tmp_path, pause)
-    wait_until_building(proc, pause)
-    return proc, script, pause, root
-
-
 def test_a_network_is_converted_once_while_a_second_process_waits(tmp_path, capsys):
-    first, script, pause, root = paused_converter(tmp_path)
+    first, script, pause, root = paused_builder(tmp_path, CONVERTER)
     assert main(["cache", "clear", "--cache-dir", str(root)]) == 0  # skips the entry being made
     assert "skipped" in capsys.readouterr().out and partial_files(root)
     second = start([str(script), str(root), "two"], tmp_path)
@@ -217,7 +207,7 @@ def test_a_network_is_converted_once_while_a_second_process_waits(tmp_path, caps
 
 
 def test_a_conversion_killed_halfway_is_cleaned_up_and_made_again(tmp_path):
-    killed, script, pause, root = paused_converter(tmp_path)
+    killed, script, pause, root = paused_builder(tmp_path, CONVERTER)
     killed.kill()
     killed.communicate(timeout=60)
     assert partial_files(root)
