@@ -208,7 +208,7 @@ def _check_request(fmt: str, opset: int, precision: str) -> None:
         raise UserError("--precision bf16 is an OpenVINO precision hint stored with the file: use --format openvino")
     if precision == "int8" and fmt == "torchscript":
         raise UserError("--precision int8 is written as --format onnx (onnxruntime's quantizer) or openvino (NNCF)")
-    if precision == "int8" and fmt == "openvino" and reduced.int8_engine() != "openvino":
+    if precision == "int8" and fmt == "openvino" and "openvino" not in reduced.int8_engines():
         raise UserError("--format openvino --precision int8 needs NNCF: pip install 'transferkit[int8]'")
 
 

@@ -185,7 +185,7 @@ def choose(frozen: Frozen, sample: torch.Tensor, settings: Settings, guard: Guar
         engines[name] = engine
     for name, engine in engines.items():  # one timed run each, after the warm-up above
         if name != "torch":
-            speeds[name] = len(sample) / max(_run(engine, sample)[1], 1e-9)
+            speeds[name] = _rate(engine, sample)
     if settings.backend == "auto":
         best = max(engines, key=lambda n: speeds[n])
     else:
@@ -256,6 +256,11 @@ def _reduced(frozen, fp32, onnx, entry, settings: Settings, guard: Guard | None,
 def speed(engine, x: torch.Tensor) -> float:
     """images/s of ``engine`` on ``x``, one timed run after a warm-up."""
     _run(engine, x)
+    return _rate(engine, x)
+
+
+def _rate(engine, x: torch.Tensor) -> float:
+    """images/s of one timed run of an engine already warmed up on ``x``."""
     return len(x) / max(_run(engine, x)[1], 1e-9)
 
 
@@ -295,7 +300,7 @@ def _reduced_engine_names(precision: str, backend: str) -> list[str] | tuple:
         return [fast] if fast else (None, "this CPU has no bf16 instructions (avx512_bf16 or AMX)")
     if backend == "torch":
         return None, "int8 runs on openvino or onnxruntime (use --backend auto)"
-    if backend == "openvino" and reduced.int8_engine() != "openvino":
+    if backend == "openvino" and "openvino" not in reduced.int8_engines():
         return None, "int8 on openvino needs NNCF: pip install 'transferkit[int8]'"
     if backend != "auto":
         return [backend]

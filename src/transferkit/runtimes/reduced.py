@@ -47,11 +47,6 @@ def int8_engines() -> list[str]:
     return engines
 
 
-def int8_engine() -> str | None:
-    """The first of ``int8_engines`` (openvino when NNCF is installed), else None."""
-    return next(iter(int8_engines()), None)
-
-
 def calibration_key(images: np.ndarray) -> str:
     """Quantized files depend on the calibration images: a hash of them is part of the file name."""
     versions = [str(RECIPE), *(_version(m) for m in ("nncf", "openvino", "onnxruntime"))]
