@@ -1,7 +1,8 @@
 """The tree is the architecture diagram: these checks keep it true.
 
 - Layers (import-linter's contract in pyproject.toml): core < data < models < engine <
-  runtimes < runs < train < deploy < cli | api; nothing imports upwards.
+  runtimes < runs < train < deploy | audit | plan < cli | api; nothing imports upwards
+  (and the modules of one line, such as deploy, audit and plan, do not import each other).
 - No import cycles between modules, counting imports inside functions too.
 - Imports of transferkit's own modules inside functions are the exception, each listed below
   with its reason; a new one fails here until it is listed (or moved to the top of its file).

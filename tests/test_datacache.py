@@ -24,6 +24,7 @@ from transferkit.core.errors import UserError
 from transferkit.core.safeio import load_torch_file
 from transferkit.data import imagecache
 from transferkit.data.imagesets import DataCache, TensorImages, decode_splits
+from transferkit.data.pixels import row_digests
 from transferkit.data.specs import load_data
 from transferkit.data.stream import prefetched
 from transferkit.engine.batches import Batches
@@ -203,8 +204,10 @@ def test_each_torchrun_process_decodes_its_share(tmp_path):
     assert meta["decoded_by"] == [3, 3] and meta["n"] == 6
     train = load_data(str(root)).train
     plain = decode_splits({"train": train}, 16)["train"].images
-    stored = np.fromfile(meta_file.parent / "images.u8", dtype=np.uint8).reshape(6, 3, 16, 16)
-    assert torch.equal(torch.from_numpy(stored), plain)
+    stored = np.fromfile(meta_file.parent / "images.u8", dtype=np.uint8)
+    assert torch.equal(torch.from_numpy(stored[:6 * 3 * 16 * 16].reshape(6, 3, 16, 16)), plain)
+    # each process wrote its rows' pixel digests too: the same as those of the images in memory
+    assert np.array_equal(stored[6 * 3 * 16 * 16:].reshape(6, 16), row_digests(plain))
 
 
 def test_batches_read_ahead_only_for_streamed_sources(tmp_path, image_folder):

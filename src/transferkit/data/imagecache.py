@@ -2,7 +2,8 @@
 
 An entry (``CACHE_DIR/images/KEY``) holds ``images.u8``: image ``i`` is ``3 x S x S`` uint8 bytes
 at offset ``i * 3 * S * S``, exactly what ``load_uint8`` returns (EXIF, colour modes, resize to
-the short side, centre crop). KEY hashes the files (paths, sizes, modification times), the size,
+the short side, centre crop); after the ``n`` records come their ``n`` pixel digests
+(data/pixels.py), 16 bytes each, which name the pixels in the keys of the caches built on them. KEY hashes the files (paths, sizes, modification times), the size,
 the interpolation, ``--max-pixels`` and the decoding rules (a hash of ``data/images.py`` and the
 Pillow version), so a changed file or rule never reuses old pixels. Broken files are listed in
 the entry's meta with their reasons, and their records stay empty: a later run applies the same
@@ -33,9 +34,10 @@ from transferkit.core import cachedir
 from transferkit.core import distributed as dist
 from transferkit.core.records import Records, write_rows
 from transferkit.data import images as decoding_rules
+from transferkit.data import pixels
 from transferkit.data.images import BadImage, load_uint8
 
-LAYOUT_VERSION = 1  # of the entry's files; the decoding rules are versioned by their source's hash
+LAYOUT_VERSION = 2  # 2: pixel digests after the records; of the entry's files; the decoding rules are versioned by their source's hash
 RULES = hashlib.sha256(Path(decoding_rules.__file__).read_bytes()).hexdigest()[:16]
 CHUNK = 16          # images per task handed to a decoding worker
 PREFETCH = 4        # batches read ahead while streaming (data/stream.py)
@@ -92,9 +94,11 @@ def _start_worker(*args) -> None:
 
 
 def _decode_rows(start: int, stop: int) -> list:
-    """Decode rows ``start..stop`` into the partial file; ``[(row, reason)]`` for broken files."""
+    """Decode rows ``start..stop`` into the partial file, and their digests after the records;
+    ``[(row, reason)]`` for broken files."""
     job, bad = _job, []
     record = 3 * job["size"] * job["size"]
+    digests_at = len(job["items"]) * record
     for row in range(start, stop):
         try:
             array = load_item(job["items"][row], job["size"], job["interpolation"], job["max_pixels"])
@@ -102,6 +106,7 @@ def _decode_rows(start: int, stop: int) -> list:
             bad.append((row, exc.reason))
             continue
         write_rows(job["fd"], array, row, record)
+        write_rows(job["fd"], pixels.digest(array), row, pixels.DIGEST, digests_at)
     return bad
 
 
@@ -147,6 +152,7 @@ def cache_key(imageset, size: int, interpolation: str, max_pixels: int) -> str:
 @dataclass
 class Decoded:
     records: Records      # every image of the set, in order (broken ones: empty records)
+    digests: Records      # their pixel digests (data/pixels.py)
     bad: list             # [(row, reason)]
     key: str
     built: bool
@@ -156,13 +162,14 @@ def decode_cached(imageset, size: int, interpolation: str, max_pixels: int, root
     """The cache entry of ``imageset`` at ``size``: reused when complete, else decoded now (each
     torchrun process decoding its share of the files)."""
     n, record = len(imageset), 3 * size * size
+    total = n * (record + pixels.DIGEST)
     key = cache_key(imageset, size, interpolation, max_pixels)
     entry = cachedir.Entry(root, "images", key)
     items = [imageset.item(i) for i in range(n)]
 
     def create(partial: Path) -> None:
         with open(partial, "wb") as f:
-            f.truncate(n * record)  # sparse: no disk used until the rows are written
+            f.truncate(total)  # sparse: no disk used until the rows are written
 
     def fill(partial: Path, _info) -> dict:
         rows = range(*cachedir.share(n))
@@ -184,12 +191,13 @@ def decode_cached(imageset, size: int, interpolation: str, max_pixels: int, root
                 "about": f"{n:,} images at {size} px ({interpolation}) of {imageset.name}"}
 
     def complete(meta: dict, path: Path) -> bool:
-        return meta["n"] == n and meta["shape"] == [3, size, size] and path.stat().st_size == n * record
+        return meta["n"] == n and meta["shape"] == [3, size, size] and path.stat().st_size == total
 
     meta, built = cachedir.build(entry, "images.u8", complete=complete, create=create, fill=fill, finish=finish,
                                  what="decoded-image cache")
     records = Records(entry.data_path(meta), n, (3, size, size), np.uint8)
-    return Decoded(records, [tuple(b) for b in meta["bad"]], key, built)
+    digests = Records(entry.data_path(meta), n, (pixels.DIGEST,), np.uint8, offset=n * record)
+    return Decoded(records, digests, [tuple(b) for b in meta["bad"]], key, built)
 
 
 class DiskImages:
@@ -198,10 +206,10 @@ class DiskImages:
     prefetch = PREFETCH  # engine/batches.py reads batches this far ahead in a background thread
 
     def __init__(self, records: Records, rows, labels: torch.Tensor, classes: list[str], name: str,
-                 paths: list[str], key: str, pin_memory: bool = False):
+                 paths: list[str], digests: Records, pin_memory: bool = False):
         self.records, self.rows = records, np.asarray(rows, dtype=np.int64)
         self.labels, self.classes, self.name, self.paths = labels, list(classes), name, list(paths)
-        self.key, self.pin_memory = key, pin_memory
+        self.digests, self.pin_memory = digests, pin_memory
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -211,14 +219,13 @@ class DiskImages:
 
     def subset(self, index) -> "DiskImages":
         index = np.asarray(index, dtype=np.int64)
-        key = f"{self.key}-{hashlib.sha256(index.tobytes()).hexdigest()[:12]}"
         return DiskImages(self.records, self.rows[index], self.labels[torch.from_numpy(index)], self.classes,
-                          self.name, [self.paths[i] for i in index.tolist()], key, self.pin_memory)
+                          self.name, [self.paths[i] for i in index.tolist()], self.digests, self.pin_memory)
 
-    def fingerprint(self) -> str:
-        """``key`` (the cache entry and the rows taken from it) with the labels: no pixel needs
-        reading, and the same as the TensorImages that the same rows make in memory."""
-        return hashlib.sha256(f"{self.key}|".encode() + self.labels.numpy().tobytes()).hexdigest()[:16]
+    def fingerprint(self, labels: bool = True) -> str:
+        """The rows' pixel digests (stored with the records: no pixel needs reading) and the labels
+        unless ``labels=False``: the same as the TensorImages that the same rows make in memory."""
+        return pixels.fingerprint(self.records.shape, self.digests.read(self.rows), self.labels if labels else None)
 
     @property
     def nbytes(self) -> int:

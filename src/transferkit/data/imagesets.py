@@ -19,6 +19,7 @@ import torch
 
 from transferkit.core.cachedir import cache_root
 from transferkit.core.progress import log
+from transferkit.data import pixels
 from transferkit.data.imagecache import DiskImages, decode_cached, load_item, open_item
 from transferkit.data.images import DEFAULT_MAX_PIXELS, BadImage, unusable
 
@@ -29,7 +30,7 @@ class TensorImages:
     """Images already in memory: ``images`` is uint8 (N, C, H, W) with C = 1 or 3."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str], name: str,
-                 paths: list[str] | None = None, key: str | None = None):
+                 paths: list[str] | None = None, digests: np.ndarray | None = None):
         if images.ndim == 3:
             images = images[:, None]
         if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
@@ -39,7 +40,7 @@ class TensorImages:
         self.classes = list(classes)
         self.name = name
         self.paths = paths
-        self.key = key  # set when loaded from the decoded cache: its fingerprint needs no hashing of pixels
+        self.digests = digests  # per image (data/pixels.py): given by the decoded cache, else computed on first use
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -50,17 +51,15 @@ class TensorImages:
     def subset(self, index) -> "TensorImages":
         index = torch.as_tensor(index, dtype=torch.long)
         paths = [self.paths[i] for i in index.tolist()] if self.paths else None
-        return TensorImages(self.images[index], self.labels[index], self.classes, self.name, paths)
+        digests = self.digests[index.numpy()] if self.digests is not None else None
+        return TensorImages(self.images[index], self.labels[index], self.classes, self.name, paths, digests)
 
-    def fingerprint(self) -> str:
-        """Content hash of images and labels: the feature cache is keyed by it."""
-        if self.key:
-            return hashlib.sha256(f"{self.key}|".encode() + self.labels.numpy().tobytes()).hexdigest()[:16]
-        digest = hashlib.sha256()
-        digest.update(str(tuple(self.images.shape)).encode())
-        digest.update(self.images.numpy().tobytes())
-        digest.update(self.labels.numpy().tobytes())
-        return digest.hexdigest()[:16]
+    def fingerprint(self, labels: bool = True) -> str:
+        """Hash of the images' pixels (data/pixels.py), and of the labels unless ``labels=False``
+        (the feature cache's key: a relabelled image has the same features)."""
+        if self.digests is None:
+            self.digests = pixels.row_digests(self.images)
+        return pixels.fingerprint(self.images.shape[1:], self.digests, self.labels if labels else None)
 
 
 class FileImages:
@@ -187,11 +186,10 @@ def decode_splits(sets: dict, size: int, interpolation: str = "bilinear", *, ski
         len(kept[name]) * d.records.record_bytes for name, d in cached.items()) <= MEMORY_FEED_BYTES))
     for name, decoded in cached.items():
         rows, imageset = kept[name], sets[name]
-        key = f"{decoded.key}-{hashlib.sha256(rows.tobytes()).hexdigest()[:12]}"
         labels, paths = imageset.labels[torch.from_numpy(rows)], [imageset.paths[i] for i in rows.tolist()]
         out[name] = (TensorImages(torch.from_numpy(decoded.records.read(rows)), labels, imageset.classes, imageset.name,
-                                  paths, key=key) if in_memory else
-                     DiskImages(decoded.records, rows, labels, imageset.classes, imageset.name, paths, key,
+                                  paths, decoded.digests.read(rows)) if in_memory else
+                     DiskImages(decoded.records, rows, labels, imageset.classes, imageset.name, paths, decoded.digests,
                                 pin_memory=cache.pin_memory))
     if announce:
         tell(feeding(out, cached, size, cache, in_memory))

@@ -253,10 +253,11 @@ class ArrowImages:
         paths = [self.source.row_name(int(r)) for r in self.rows[ok]]
         return TensorImages(images, self.labels[torch.from_numpy(ok)], self.classes, self.name, paths), bad
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, labels: bool = True) -> str:
         digest = hashlib.sha256(f"{self.source.fingerprint()}|{self.column}".encode())
         digest.update(self.rows.tobytes())
-        digest.update(self.labels.numpy().tobytes())
+        if labels:
+            digest.update(self.labels.numpy().tobytes())
         return digest.hexdigest()[:16]
 
 

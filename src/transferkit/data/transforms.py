@@ -97,5 +97,5 @@ class Mirrored:
     def batch(self, index: torch.Tensor) -> torch.Tensor:
         return self.inner.batch(index).flip(-1)
 
-    def fingerprint(self) -> str:
-        return f"{self.inner.fingerprint()}|mirrored"
+    def fingerprint(self, labels: bool = True) -> str:
+        return f"{self.inner.fingerprint(labels=labels)}|mirrored"

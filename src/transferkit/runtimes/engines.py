@@ -42,9 +42,11 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
 
 
 class Engine(nn.Module):
-    """Base: ``name`` (torch | onnxruntime | openvino) and ``precision`` (fp32 | bf16 | int8)."""
+    """Base: ``name`` (torch | onnxruntime | openvino) and ``precision`` (fp32 | bf16 | int8);
+    ``files``: the converted files it runs (none for torch), which name its numbers in cache keys."""
 
     name = "engine"
+    files: tuple = ()
 
     def __init__(self, precision: str = "fp32", threads: int = 0):
         super().__init__()
@@ -100,6 +102,7 @@ class OnnxRuntimeEngine(Engine):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # warnings about unused initialisers are noise here
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.files = (Path(path),)
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,6 +132,8 @@ class OpenVinoEngine(Engine):
         config = {"INFERENCE_PRECISION_HINT": self.HINTS[precision], "INFERENCE_NUM_THREADS": threads or all_cores(),
                   "PERFORMANCE_HINT": "THROUGHPUT" if mode == "batch" else "LATENCY"}
         self.compiled = core.compile_model(str(path), "CPU", config)
+        weights = Path(path).with_suffix(".bin")  # an IR's .xml comes with its .bin; an .onnx is one file
+        self.files = (Path(path), *((weights,) if Path(path).suffix == ".xml" and weights.is_file() else ()))
         self.mode, self.lock = mode, threading.Lock()
         if mode == "batch":
             self.queue = ov.AsyncInferQueue(self.compiled, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
