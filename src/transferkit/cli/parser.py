@@ -59,6 +59,8 @@ def add_engine_flags(p, exported: bool = False) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads of the engine (default 0: every core)")
 
 
+DEFAULT_BUDGET_TEXT = "10m"  # plan/budget.DEFAULT_BUDGET (not imported: --help loads nothing heavy)
+
 # Train flags that mean nothing to a sweep of ~100 steps (and --out names the plot here, not a run dir).
 NOT_FOR_SWEEP = ("out", "resume", "epochs", "lr", "warmup_epochs", "checkpoint_every", "log")
 
@@ -90,6 +92,14 @@ def _train(sub):
     p = add_command(sub, "train", "fine-tune a pretrained backbone on your classes; writes a run directory",
                     "transferkit train --data path/to/images --model resnet18 --freeze backbone --epochs 5 --out runs/pets")
     p.add_argument("--config", metavar="FILE.yaml", help="settings file with the same names as the flags (flags win)")
+    p.add_argument("--budget", metavar="TIME", help="choose the recipe for you and finish within TIME (90s, 10m, 1h; "
+                   "+5%%): rank backbones and sizes on a sample, pilot a fine-tune, then train the recipe expected "
+                   "to score best in the time left (run.json and report.html say what was chosen and why)")
+    p.add_argument("--auto", action="store_true", help=f"--budget {DEFAULT_BUDGET_TEXT}")
+    p.add_argument("--models", help="with --budget/--auto: the backbones to choose from, comma-separated (default: "
+                   "--model if given, else those with weights on this machine)")
+    p.add_argument("--sizes", help="with --budget/--auto: input sizes to choose from (default: --image-size if "
+                   "given, else 96,160,224)")
     add_arguments(p)
     p.set_defaults(module="train")
 
@@ -221,6 +231,30 @@ def _demo(sub):
     p.set_defaults(module="demo")
 
 
+def _rank(sub):
+    p = add_command(sub, "rank", "score backbones and input sizes on a sample of your data, best first: the features "
+                    "of each go through the frozen backbone once, then one-pass heads (logistic regression, k-NN, "
+                    "nearest class mean) are scored on held-out images, with LogME; plus each one's images/s here",
+                    "transferkit rank --data path/to/images --sizes 96,160,224\n"
+                    "  transferkit rank --data digits --models efficientnet_lite0,efficientnet_lite1 --format json")
+    p.add_argument("--data", required=True, help="data SPEC (as for train). With its own val split (a val/ folder, "
+                   "CSV rows marked val), the heads are scored on it: put images from where the model will be used "
+                   "there. Without one, training images are cross-validated")
+    p.add_argument("--models", help="comma-separated backbones (default: those with weights on this machine, "
+                   "`transferkit models --offline`)")
+    p.add_argument("--sizes", help="comma-separated input sizes in pixels (default: 96,160,224)")
+    p.add_argument("--sample", default="2000", help="images to score with, a stratified sample of train+val, or all "
+                   "(then `train --freeze backbone` reuses every cached feature) (default 2000)")
+    p.add_argument("--budget", help="time limit for ranking (90s, 5m): candidates predicted not to fit are skipped")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample and the folds (default 0)")
+    p.add_argument("--cache-dir", help=CACHE_DIR_HELP)
+    p.add_argument("--skip-bad", action="store_true", help="drop unreadable images instead of stopping")
+    add_engine_flags(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(module="rank")
+
+
 def _cache(sub):
     p = add_command(sub, "cache", "what the cache folder holds (cached features, decoded images), and emptying it; "
                     "deleting it is always safe: a later run rebuilds what it needs",
@@ -238,7 +272,7 @@ def _cache(sub):
     p.set_defaults(module="cache")
 
 
-COMMANDS = (_models, _data, _train, _lr_find, _eval, _report, _predict, _embed, _export, _serve, _demo, _cache)  # --help order
+COMMANDS = (_models, _data, _train, _rank, _lr_find, _eval, _report, _predict, _embed, _export, _serve, _demo, _cache)  # --help order
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,9 @@ import sys
 
 from transferkit.core.config import TrainConfig, build_config
 from transferkit.core.distributed import is_main
+from transferkit.core.errors import UserError
+from transferkit.plan.budget import DEFAULT_BUDGET, parse_duration, plan_and_train
+from transferkit.plan.rank import parse_list
 from transferkit.train.trainer import Interrupted, train
 
 
@@ -10,7 +13,14 @@ def run(args) -> int:
     flags = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     cfg = build_config(flags, args.config)
     try:
-        result = train(cfg)
+        if args.budget or args.auto:
+            if cfg.resume:
+                raise UserError("--budget/--auto plan a new run; --resume continues one with its own settings")
+            models = parse_list(args.models) or ([cfg.model] if flags.get("model") else None)
+            sizes = parse_list(args.sizes, int) or ([cfg.image_size] if flags.get("image_size") else None)
+            result = plan_and_train(cfg, parse_duration(args.budget or DEFAULT_BUDGET), models, sizes)
+        else:
+            result = train(cfg)
     except Interrupted as exc:
         if is_main():  # under torchrun every process stops; one says so
             print(f"transferkit train: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ from transferkit.data.specs import load_data
 from transferkit.runs import plots
 from transferkit.runs.calibration import run_temperature
 from transferkit.runs.history import read_history
+from transferkit.runs.planview import plan_section
 from transferkit.runs.metrics import (
     class_balanced_scores,
     confusion_matrix,
@@ -282,6 +283,7 @@ def render(run_dir: str | Path, outputs_file: str | Path | None = None) -> str:
         else:
             parts.append('<p class="note">No errors on this split.</p>')
         parts.append(_calibration(run, summary))
+    parts.append(plan_section(run))
     parts.append("<h2>Settings</h2>" + _settings(run, lr_find))
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -82,6 +82,12 @@ def finish_run(run) -> dict:
     }
     if run.recipe:
         record["recipe"] = {"name": cfg.recipe, **run.recipe}
+    if run.plan:  # train --budget: what was chosen and why, and what the chosen recipe then measured
+        started = run.plan.pop("started_monotonic", None)
+        run.plan["measured"] = {"split": test_name, "top1": final["top1"], "best_epoch": run.best["epoch"],
+                                "epochs_run": len(run.history),
+                                "seconds_to_scoring": round(time.monotonic() - started, 1) if started else None}
+        record["plan"] = run.plan
     if dist.world() > 1:
         record["distributed"] = {"processes": dist.world(), "backend": dist.backend()}
     # Written once the record is complete: its metadata carries what run.json says.

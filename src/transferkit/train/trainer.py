@@ -39,6 +39,27 @@ from transferkit.train.setup import Prepared
 from transferkit.train.start import Start, start
 
 
+@dataclass
+class TimeLimit:
+    """When training must end (``train --budget``): no epoch starts that the clock says would end
+    past ``deadline``, judged by the longest epoch so far; ``patience`` epochs without a better
+    validation accuracy also stop it (the best epoch's weights are the model either way)."""
+
+    deadline: float
+    clock: object                 # () -> seconds, the same clock as deadline (time.monotonic; a fake in tests)
+    patience: int = 0             # 0: no early stopping
+    stopped: str = ""             # why training ended before its last epoch, for run.json
+
+    def allows_another(self, run: "Training", longest: float) -> bool:
+        epochs = [row["val_acc"] for row in run.history]
+        if self.patience and len(epochs) > self.patience and max(epochs[-self.patience:]) <= max(epochs[:-self.patience]):
+            self.stopped = f"early stop: no better validation accuracy in {self.patience} epochs"
+        elif self.clock() + longest > self.deadline:
+            self.stopped = (f"time limit: epoch {run.state.epoch + 1} would end "
+                            f"{self.clock() + longest - self.deadline:.0f} s past the budget")
+        return not self.stopped
+
+
 class Interrupted(Exception):
     def __init__(self, run_dir: Path):
         super().__init__(f"interrupted; checkpoint saved. Resume with: transferkit train --out {run_dir} --resume")
@@ -63,6 +84,7 @@ class Training:
     state: StepState = field(default_factory=StepState)
     history: list = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": None})
+    plan: dict | None = None      # train --budget: the plan this run executes, kept in run.json
     signalled: bool = False       # set by the signal handler, at any moment
     agreed_stop: bool = False     # set once per step by all processes together: what decides
 
@@ -155,19 +177,31 @@ class Training:
         self.state.epoch, self.state.batch, self.state.sums = self.state.epoch + 1, 0, {"loss": 0.0, "correct": 0, "n": 0}
 
 
-def train(cfg: TrainConfig, splits: DataSplits | None = None) -> dict:
-    """Train as ``cfg`` says; ``splits`` (from the Python API) replaces loading ``cfg.data``."""
+def train(cfg: TrainConfig, splits: DataSplits | None = None, limit: TimeLimit | None = None,
+          plan: dict | None = None) -> dict:
+    """Train as ``cfg`` says; ``splits`` (from the Python API) replaces loading ``cfg.data``;
+    ``limit`` ends training early (``train --budget``), ``plan`` is what run.json records of it."""
     check_torch_version()
     with dist.scope():  # under torchrun: join the process group once, leave it at the end
         run = set_up(start(cfg, splits))
+        run.plan = plan
         try:
             with stop_on_signals(run):
                 if is_fewshot(run.cfg.head):
                     if run.state.epoch == 0:  # one pass, no gradient steps; a resume after it has nothing to do
                         run.close_epoch(fit_fewshot_head(run.start, run.eval_batch), 0.0, 1)
                 else:
+                    longest = 0.0
                     while run.state.epoch < run.cfg.epochs:
+                        if limit is not None and run.history and not limit.allows_another(run, longest):
+                            log(f"stopping after epoch {run.state.epoch}: {limit.stopped}")
+                            if run.plan is not None:
+                                run.plan["stopped"] = f"after epoch {run.state.epoch} of {run.cfg.epochs}: {limit.stopped}"
+                            break
+                        began = limit.clock() if limit is not None else 0.0
                         run.run_epoch()
+                        if limit is not None:
+                            longest = max(longest, limit.clock() - began)
         except NonFiniteLoss as exc:
             raise UserError(str(exc)) from None
         finally:

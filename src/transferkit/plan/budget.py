@@ -1,0 +1,115 @@
+"""``train --budget 10m`` (and ``--auto``): rank on a sample, pilot a fine-tune, plan, train, all in the time given.
+
+The clock starts when the command does. A stated share of the budget goes to measuring:
+
+1. **rank** (at most ``RANK_SHARE`` of the budget): every candidate backbone x size scored on a
+   stratified sample (rank.py), cheapest first, those that would not fit skipped;
+2. **pilot** (at most ``PILOT_SHARE``): the best candidate's last block fine-tuned on the same
+   sample for a few epochs, next to its linear head trained the same way: their difference is the
+   gain the planner expects from fine-tuning (planner.py). It runs only if it is predicted to fit.
+
+The planner then picks the recipe with the highest expected accuracy that fits in what is left,
+and ``train`` runs it with a deadline (no epoch starts that would end past the budget, minus the
+measured time the finish takes) and early stopping. run.json and report.html keep the plan: every
+alternative with its expected accuracy and predicted time, why the winner won, what it measured.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from transferkit.core.config import TrainConfig
+from transferkit.core.errors import UserError
+from transferkit.core.progress import log
+from transferkit.data.specs import DataSplits, load_data
+from transferkit.plan import costs
+from transferkit.plan.planner import Sizes, choose, format_seconds
+from transferkit.plan.rank import DEFAULT_SIZES, candidates_for, offline_models, rank, sample_splits
+from transferkit.train.setup import limit_training_images
+from transferkit.train.trainer import TimeLimit, train
+
+RANK_SHARE = 0.15
+PILOT_SHARE = 0.15
+PILOT_EPOCHS = 4
+PATIENCE = 3
+DEFAULT_BUDGET = "10m"
+# Built-ins whose classes change in a mirror (digits): never trained with flips.
+NO_FLIP = ("digits", "mnist-5k")
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``1.5h`` -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise UserError(f"--budget {text}: give a time such as 90s, 10m or 1h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def sample_size(budget: float) -> int:
+    """Images to rank with: more when there is time to spend (2,000 at 10 minutes)."""
+    return int(min(4000, max(500, budget * 10 / 3)))
+
+
+def _pilot(cfg: TrainConfig, sampled: DataSplits, row, cut: int, flip: bool, scratch: Path) -> tuple[float, float]:
+    """``(gain of fine-tuning after cut over the linear head, seconds)``: both trained by ``train`` on the
+    sample for ``PILOT_EPOCHS`` epochs, scored on its validation images."""
+    began = time.monotonic()
+    scores = {}
+    for name, freeze in (("head", "backbone"), ("finetune", str(cut))):
+        settings = replace(cfg, model=row.model, image_size=row.size, freeze=freeze, head="linear",
+                           epochs=PILOT_EPOCHS, augment="flip" if flip and freeze != "backbone" else "none",
+                           calibrate=False, out=str(scratch / name), quiet=True, train_limit=0, shots=0)
+        scores[name] = train(settings, splits=sampled)["metrics"]["top1"]  # the best epoch, on val (no test)
+    return scores["finetune"] - scores["head"], time.monotonic() - began
+
+
+def plan_and_train(cfg: TrainConfig, budget: float, models: list[str] | None = None, sizes: list[int] | None = None,
+                   splits: DataSplits | None = None, clock: Callable[[], float] = time.monotonic) -> dict:
+    """Everything ``train --budget`` does; returns what ``train`` returns, plus the plan."""
+    t0 = clock()
+    deadline = t0 + budget
+    splits = limit_training_images(splits if splits is not None else load_data(cfg.data, cfg.seed), cfg)
+    candidates = candidates_for(models or offline_models(), sizes or list(DEFAULT_SIZES))
+    flip = cfg.data not in NO_FLIP
+    ranked = rank(cfg, splits, candidates, sample=sample_size(budget), time_limit=budget * RANK_SHARE, clock=clock)
+    sizes_ = Sizes(len(splits.train), len(splits.val) if splits.val is not None else 0,
+                   len(splits.test) if splits.test is not None else 0)
+    fixed = costs.Fixed()
+    pilots, pilot_note = {}, "no pilot"
+    best = ranked.rows[0]
+    cut = max(best.train_rates, default=None)
+    if cut is not None:
+        sampled, _mode = sample_splits(splits, sample_size(budget), cfg.seed)
+        n = len(sampled.train)
+        predicted = 2 * fixed.start + n * 2 / best.engine_rate + PILOT_EPOCHS * n * (1 + flip) / best.train_rates[cut]
+        if clock() - t0 + predicted <= budget * (RANK_SHARE + PILOT_SHARE):
+            scratch = Path(tempfile.mkdtemp(prefix="transferkit-pilot-"))
+            try:
+                gain, seconds = _pilot(cfg, sampled, best, cut, flip, scratch)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            pilots[(best.model, best.size, cut)] = gain
+            pilot_note = (f"pilot: {best.model}@{best.size} --freeze {cut} on {n:,} images, {PILOT_EPOCHS} epochs: "
+                          f"{gain:+.2%} over its linear head, {seconds:.0f} s")
+        else:
+            pilot_note = f"no pilot: predicted {predicted:.0f} s, more than the measuring share left"
+    log(pilot_note)
+    spent = clock() - t0
+    plan = choose(ranked.rows, sizes_, deadline - clock(), budget, spent, fixed, pilots, flip)
+    for line in plan.reasons:
+        log(f"plan: {line}")
+    chosen = plan.chosen
+    record = plan.to_json()
+    record.update(rank=ranked.to_json(), pilot=pilot_note, started_monotonic=time.monotonic() - (clock() - t0))
+    settings = replace(cfg, **chosen.settings())
+    limit = TimeLimit(deadline - fixed.finish, clock, PATIENCE)
+    result = train(settings, splits=splits, limit=limit, plan=record)
+    result["plan"] = record
+    result["seconds"] = clock() - t0
+    log(f"budget: {format_seconds(result['seconds'])} of {format_seconds(budget)} used")
+    return result

@@ -1,0 +1,145 @@
+"""train --budget: the planner's choice, the time limit (on a fake clock), and the whole command."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from transferkit.cli import main
+from transferkit.core.errors import UserError
+from transferkit.plan import costs
+from transferkit.plan.budget import parse_duration
+from transferkit.plan.planner import SAFETY, Sizes, choose
+from transferkit.plan.rank import Ranked
+from transferkit.train import trainer as trainer_module
+from transferkit.train.trainer import TimeLimit
+
+
+def test_durations():
+    assert [parse_duration(t) for t in ("90", "90s", "10m", "1.5h")] == [90, 90, 600, 5400]
+    for bad in ("", "ten minutes", "0m", "-5m", "5d"):
+        with pytest.raises(UserError, match="--budget"):
+            parse_duration(bad)
+
+
+def ranked(model: str, size: int, linear: float, knn: float, engine: float, back: float | None = None) -> Ranked:
+    heads = {"linear": linear, "knn:10": knn, "prototype": min(linear, knn) - 0.05}
+    head = max(heads, key=heads.get)
+    return Ranked(model, size, head, heads[head], heads, 0.0, engine, 1.0, 500, expected=heads[head],
+                  stages=7, train_rates={6: back} if back else {})
+
+
+SIZES = Sizes(train=10_000, val=1_000, test=2_000)
+FIXED = costs.Fixed(start=5, finish=5)
+
+
+def test_the_best_recipe_that_fits_wins_and_the_reasons_say_why():
+    fast = ranked("small", 96, 0.80, 0.78, engine=1000)        # ~13 s + 5 epochs of head
+    slow = ranked("large", 224, 0.90, 0.85, engine=50)         # ~270 s: does not fit in 120 s
+    plan = choose([slow, fast], SIZES, left=120, budget=150, spent=30, fixed=FIXED)
+    assert (plan.chosen.model, plan.chosen.freeze, plan.chosen.head) == ("small", "backbone", "linear")
+    assert plan.chosen.seconds * SAFETY <= 120
+    assert any(r.startswith("not large@224") and "more than the 120s left" in r for r in plan.reasons)
+    assert {(r.model, r.size) for r in plan.alternatives} == {("small", 96), ("large", 224)}
+    roomy = choose([slow, fast], SIZES, left=600, budget=650, spent=30, fixed=FIXED)
+    assert roomy.chosen.model == "large"
+
+
+def test_a_fine_tune_needs_a_pilot_and_gets_the_epochs_that_fit():
+    row = ranked("m", 96, 0.80, 0.70, engine=2000, back=500)
+    without = choose([row], SIZES, left=300, budget=400, spent=60, fixed=FIXED)
+    assert without.chosen.freeze == "backbone"  # no pilot measured a gain: nothing assumed
+    plan = choose([row], SIZES, left=300, budget=400, spent=60, fixed=FIXED, pilots={("m", 96, 6): 0.05})
+    chosen = plan.chosen
+    assert chosen.freeze == "6" and chosen.expected == pytest.approx(0.85) and chosen.augment == "flip"
+    assert chosen.seconds * SAFETY <= 300 and 2 <= chosen.epochs <= 10
+    one_more = costs.partial_seconds(SIZES.all, SIZES.train, SIZES.val, chosen.epochs + 1, 2000, 500, 2, FIXED)
+    assert chosen.epochs == 10 or one_more * SAFETY > 300  # as many epochs as fit
+    worse = choose([row], SIZES, left=300, budget=400, spent=60, fixed=FIXED, pilots={("m", 96, 6): -0.02})
+    assert worse.chosen.freeze == "backbone"
+    noflip = choose([row], SIZES, left=300, budget=400, spent=60, fixed=FIXED, pilots={("m", 96, 6): 0.05}, flip=False)
+    assert noflip.chosen.augment == "none"
+
+
+def test_a_budget_too_small_names_the_smallest_that_fits():
+    row = ranked("m", 96, 0.8, 0.7, engine=100)  # 13,000 images at 100/s: 130 s at least
+    with pytest.raises(UserError, match=r"too small for any recipe.*give --budget \d+m or more"):
+        choose([row], SIZES, left=40, budget=60, spent=20, fixed=FIXED)
+
+
+class Clock:
+    """Seconds that pass only when the test says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Run:
+    def __init__(self, accuracies):
+        self.history = [{"val_acc": a} for a in accuracies]
+
+        class State:
+            epoch = len(accuracies)
+        self.state = State()
+
+
+def test_time_limit_and_patience_decide_on_the_clock_and_the_history():
+    clock = Clock()
+    limit = TimeLimit(deadline=100, clock=clock)
+    clock.now = 70
+    assert limit.allows_another(Run([0.5]), longest=25)           # 95 <= 100
+    assert not limit.allows_another(Run([0.5]), longest=31) and "time limit" in limit.stopped
+    patient = TimeLimit(deadline=1e9, clock=clock, patience=2)
+    assert patient.allows_another(Run([0.5, 0.6, 0.55]), 1)
+    assert not patient.allows_another(Run([0.5, 0.6, 0.55, 0.6]), 1) and "early stop" in patient.stopped
+
+
+def test_training_stops_before_an_epoch_that_would_pass_the_deadline(tmp_path, image_folder, monkeypatch):
+    """Each epoch costs 10 fake seconds; with a deadline at 25 the third epoch would end at 30."""
+    from transferkit.core.config import TrainConfig
+
+    clock = Clock()
+    original = trainer_module.Training.run_epoch
+
+    def epoch_of_ten_seconds(self):
+        original(self)
+        clock.now += 10
+    monkeypatch.setattr(trainer_module.Training, "run_epoch", epoch_of_ten_seconds)
+    cfg = TrainConfig(data=str(image_folder), model="resnet18", weights="none", image_size=32, epochs=6,
+                      batch_size="4", quiet=True, out=str(tmp_path / "run")).validate()
+    plan = {"chosen": "test"}
+    trainer_module.train(cfg, limit=TimeLimit(deadline=25, clock=clock), plan=plan)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert clock.now == 20 and record["plan"]["measured"]["epochs_run"] == 2
+    assert record["plan"]["stopped"].startswith("after epoch 2 of 6: time limit")
+
+
+def test_budget_command_plans_trains_and_records_the_plan(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", "digits", "--budget", "20m", "--models", "efficientnet_lite0", "--sizes", "32",
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "plan: chosen:" in err and "budget:" in err
+    record = json.loads((out / "run.json").read_text())
+    plan = record["plan"]
+    chosen = plan["chosen"]
+    assert record["config"]["model"] == chosen["model"] and record["config"]["image_size"] == chosen["size"]
+    assert record["config"]["freeze"] == chosen["freeze"] and record["config"]["head"] == chosen["head"]
+    assert plan["alternatives"] and plan["reasons"] and plan["rank"]["rows"]
+    assert plan["measured"]["top1"] == record["metrics"]["top1"]
+    assert chosen["seconds"] * SAFETY <= plan["budget_s"] - plan["spent_before_training_s"]
+    assert "digits" not in plan["pilot"] or "flip" not in json.dumps(chosen)  # digits: never flipped
+    assert "Plan" in (out / "report.html").read_text()
+
+
+def test_a_budget_too_small_is_one_line_and_exit_2(tmp_path, capsys):
+    args = ["train", "--data", "digits", "--budget", "3s", "--models", "efficientnet_lite0", "--sizes", "32",
+            "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "too small for any recipe" in err and "give --budget" in err
+    assert not (tmp_path / "run").exists()
