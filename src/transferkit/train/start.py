@@ -97,13 +97,12 @@ def _start(cfg: TrainConfig, splits: DataSplits | None, run_dir: Path, resume_st
     precision = amp_dtype(device, cfg.amp)
     splits = limit_training_images(splits if splits is not None else
                                    load_data(cfg.data, cfg.seed, cfg.allow_outside_paths), cfg)
-    for line in [*split_lines(splits), ignored_note(splits)]:
-        if line:
-            log(line)
+    if note := ignored_note(splits):
+        log(note)
     tm, specs = _model(cfg, splits, run_dir, resume_state)
     sets = {n: s for n, s in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if s is not None}
     autocast = autocast_for(precision)
-    prepared = training_path(cfg, tm, sets, device, autocast, progress)
+    prepared = training_path(cfg, tm, sets, device, autocast, progress, notes=split_lines(splits))
     batch_size = (resume_state or {}).get("batch_size") or global_batch(cfg, prepared.path, device, autocast)
     return Start(cfg, run_dir, splits, tm, specs, prepared, device, precision, progress, tb, batch_size, resume_state)
 
