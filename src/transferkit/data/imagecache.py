@@ -11,13 +11,14 @@ the entry's meta with their reasons, and their records stay empty: a later run a
 Decoding runs in worker processes (Pillow), one share of the files per torchrun process, each
 writing its rows in place (core/records.py); building, reuse, concurrent runs, killed builds and
 a full disk follow core/cachedir.py. A worker process that dies (killed for memory, a decoder
-crash) stops the build with one line, and the unfinished entry is removed.
+crash) stops the build with one line, and the unfinished entry is removed. ``DiskImages`` then
+reads batches back with ``pread``, so the memory a run needs depends on the batch size, not on
+the number of images.
 
 A member of a tar shard is read whole into memory, so its size (from the tar header) is checked
 first: one larger than any image within ``--max-pixels`` can need (``max_encoded_bytes``), or
 one that runs past the end of its shard (a shard cut short after indexing), is a broken file
-with its reason, read not at all; so is every member of a shard deleted since it was indexed. ``DiskImages`` then reads batches back with ``pread``, so the memory a run
-needs depends on the batch size, not on the number of images.
+with its reason, read not at all; so is every member of a shard deleted since it was indexed.
 """
 from __future__ import annotations
 
