@@ -56,7 +56,7 @@ def test_a_plain_class_folder_names_its_empty_folders(tmp_path, capsys):
     assert f"not read: {root / 'unsorted'} (0 images)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("stray", ["test", "Valid", "training"])
+@pytest.mark.parametrize("stray", ["test", "Valid", "testing"])
 def test_split_folders_without_train_are_not_read_as_classes(tmp_path, capsys, stray):
     root = make_image_folder(tmp_path / "data")
     make_image_folder(root / stray, per_class=1)

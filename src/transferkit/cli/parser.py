@@ -14,6 +14,8 @@ TRUSTED_RUN = ("a run directory. A run trained on your own model, head or plugin
                "RUN_DIR/code/ and runs it when loaded: load only runs you trust")
 CACHE_DIR_HELP = ("the cache folder holding decoded images and converted engines (default: the run's own --cache-dir, else the user "
                   "cache dir)")
+OUTSIDE_HELP = ("read image paths of a parquet file or CSV that lead outside its folder (absolute paths, ../); "
+                "without it such rows are refused: a downloaded data set cannot pull in other local files")
 PLUGIN_HELP = ("import FILE.py first; it may register backbones with @transferkit.register_backbone('name'). "
                "This runs FILE.py's code: only use plugins you trust")
 
@@ -85,6 +87,7 @@ def _data(sub):
     c.add_argument("spec", help="data SPEC (folder, CSV or built-in name)")
     c.add_argument("--format", choices=("table", "json"), default="table")
     c.add_argument("--max-pixels", type=int, default=None, help="images above this many pixels are reported")
+    c.add_argument("--allow-outside-paths", action="store_true", help=OUTSIDE_HELP)
     c.set_defaults(module="data")
 
 
@@ -131,6 +134,8 @@ def _eval(sub):
     p.add_argument("--skip-bad", action="store_true", help="drop unreadable images (and say how many) instead of stopping")
     p.add_argument("--tta", default="none", metavar="VIEWS", help=TTA_HELP)
     p.add_argument("--cache-dir", help=CACHE_DIR_HELP)
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help=OUTSIDE_HELP + " (for --data; the run's own data is read as the run was)")
     add_engine_flags(p)
     p.set_defaults(module="eval")
 
@@ -177,6 +182,7 @@ def _embed(sub):
                    help="seed of the train/val split of a plain folder (default: the run's own seed; 0 with --model)")
     p.add_argument("--skip-bad", action="store_true", help="drop unreadable images (and say how many) instead of stopping")
     p.add_argument("--cache-dir", help=CACHE_DIR_HELP)
+    p.add_argument("--allow-outside-paths", action="store_true", help=OUTSIDE_HELP)
     p.add_argument("--device", default="auto")
     add_engine_flags(p)
     p.add_argument("--quiet", action="store_true")

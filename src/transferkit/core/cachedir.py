@@ -15,6 +15,12 @@ Building an entry (``build``), safe under concurrent runs (a sweep over seeds, t
    drops a lock when its process dies): it is removed, said so, and the entry is rebuilt.
 4. The data goes into a partial file with a name of its own (host, pid, random), then is renamed
    into place; ``meta.json`` follows. A process only ever deletes its own partial file.
+5. Disk space: ``create`` makes the data file at its full size, sparse (nothing written yet), so
+   before any work the builder compares what the file still needs with the free space of the
+   disk under it and stops with one line (how much is needed, how much is free, where, and how
+   to move the cache: ``--cache-dir``, ``XDG_CACHE_HOME``). A disk that fills up all the same
+   (another program writing) ends the build with the same kind of line, never a traceback from
+   a worker process; either way the unfinished entry is removed.
 Under torchrun rank 0 takes the lock and creates the partial file, every process fills its share
 of the rows, and rank 0 publishes: the work is split, not repeated.
 
@@ -23,6 +29,7 @@ a later run rebuilds what it needs, and a running one keeps reading the files it
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -142,14 +149,61 @@ def pause_for_tests(entry: Entry) -> None:
         time.sleep(0.01)  # polling only: the test, not this delay, decides what happens first
 
 
+def _gb(n: int) -> str:
+    return f"{n / 1e9:,.2f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n:,} bytes"
+
+
+def _move_it(entry: Entry) -> str:
+    return (f"free some space there, or put the cache on a disk with room: --cache-dir DIR, or set XDG_CACHE_HOME "
+            f"(the cache folder is {entry.root}; by default $XDG_CACHE_HOME/transferkit, ~/.cache/transferkit when "
+            "XDG_CACHE_HOME is unset)")
+
+
+def disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _check_room(entry: Entry, partial: Path, what: str) -> int:
+    """Bytes the sparse data file still needs; a UserError when the disk under it has less free."""
+    stat = partial.stat()
+    needed = max(0, stat.st_size - stat.st_blocks * 512)
+    free = shutil.disk_usage(partial.parent).free
+    if needed > free:
+        raise UserError(f"not enough disk space for the {what}: it needs {_gb(needed)} in {entry.folder.parent}, and "
+                        f"{_gb(free)} are free there; {_move_it(entry)}")
+    return needed
+
+
+def _failed(exc: BaseException, entry: Entry, what: str, needed: int) -> str | None:
+    """The one line for a build that stopped on a user-level problem (a full disk mid-build, a UserError
+    raised by ``fill``), or None for a bug (its traceback is kept)."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    if disk_full(exc):
+        size = f"; it needs {_gb(needed)}" if needed else ""
+        return (f"the disk filled up while the {what} was being written in {entry.folder.parent} "
+                f"({exc.strerror or exc}{size}); the unfinished entry was removed: {_move_it(entry)}")
+    return None
+
+
+def _drop_unfinished(entry: Entry, partial: Path) -> None:
+    """On leaving ``build`` (lock held): our partial file goes, and so does the entry's folder if it was
+    never published, so a failed build leaves nothing behind."""
+    partial.unlink(missing_ok=True)  # gone already once renamed into place
+    if entry.meta() is None:
+        shutil.rmtree(entry.folder, ignore_errors=True)
+
+
 def build(entry: Entry, data_name: str, *, complete: Callable[[dict, Path], bool], create: Callable[[Path], Any],
           fill: Callable[[Path, Any], Any], finish: Callable[[Any, list], dict], what: str) -> tuple[dict, bool]:
     """The entry's meta, after building the entry unless it is complete; True when this call built it.
 
     - ``complete(meta, data_path)``: whether a published entry is usable;
-    - ``create(partial_path) -> info`` (rank 0, lock held): allocate the data file; ``info`` goes to every process;
+    - ``create(partial_path) -> info`` (rank 0, lock held): allocate the data file at its full size, sparse
+      (``truncate``): its size is what the free-space check compares; ``info`` goes to every process;
     - ``fill(partial_path, info) -> share`` (every process): write this process's rows, on disk before it returns;
     - ``finish(info, shares) -> dict`` (rank 0): the meta fields, from every process's ``share``.
+    A full disk, or a UserError from ``create``/``fill`` on any process, stops every process with one line.
     """
     meta = _usable(entry, complete)
     if dist.all_true(meta is not None):
@@ -163,10 +217,19 @@ def build(entry: Entry, data_name: str, *, complete: Callable[[dict, Path], bool
                 _remove_leftovers(entry)
                 entry.folder.mkdir(parents=True, exist_ok=True)
                 partial = entry.folder / f"{data_name}.{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.partial"
-                stack.callback(lambda: partial.unlink(missing_ok=True))  # ours alone; gone once renamed
-                plan = ("build", str(partial), create(partial))
-                pause_for_tests(entry)
+                stack.callback(_drop_unfinished, entry, partial)  # the partial file is ours alone
+                try:
+                    info = create(partial)
+                    plan = ("build", str(partial), info, _check_room(entry, partial, what))
+                except (UserError, OSError) as exc:
+                    if (line := _failed(exc, entry, what, 0)) is None:
+                        raise
+                    plan = ("failed", line)
+                if plan[0] == "build":
+                    pause_for_tests(entry)
         plan = dist.broadcast_object(plan)
+        if plan[0] == "failed":
+            raise UserError(plan[1])
         if plan[0] == "reuse":  # built by another process while this one waited
             meta = _usable(entry, complete)
             if not dist.all_true(meta is not None):
@@ -177,13 +240,27 @@ def build(entry: Entry, data_name: str, *, complete: Callable[[dict, Path], bool
         if not dist.all_true(partial.is_file()):
             raise UserError(f"the cache {entry.folder} is not visible to every process; on several machines give "
                             "--cache-dir a folder on a filesystem that all of them share, or turn the cache off")
-        shares = dist.all_gather_objects(fill(partial, plan[2]))
+        try:
+            mine = ("done", fill(partial, plan[2]))
+        except (UserError, OSError) as exc:  # said on every process, so none waits for the others forever
+            if (line := _failed(exc, entry, what, plan[3])) is None:
+                raise
+            mine = ("failed", line)
+        shares = dist.all_gather_objects(mine)
+        if lines := [share[1] for share in shares if share[0] == "failed"]:
+            raise UserError(lines[0])
+        shares = [share[1] for share in shares]
         meta = None
         if main:
             meta = {"key": entry.key, "kind": entry.kind, "data": data_name, "created": time.time(),
                     **finish(plan[2], shares)}
-            partial.replace(entry.folder / data_name)
-            write_json_atomic(entry.folder / META, meta)  # last: the entry is complete from here on
+            try:
+                partial.replace(entry.folder / data_name)
+                write_json_atomic(entry.folder / META, meta)  # last: the entry is complete from here on
+            except OSError as exc:
+                if (line := _failed(exc, entry, what, plan[3])) is None:
+                    raise
+                raise UserError(line) from None
         dist.barrier()
         return dist.broadcast_object(meta), True
 

@@ -83,6 +83,9 @@ class TrainConfig:
                          choices=("fp32", "bf16", "int8"))
     threads: int = opt(0, "CPU threads of the inference engines and of torch (0: every core)")
     skip_bad: bool = opt(False, "drop unreadable images (and say how many) instead of stopping")
+    allow_outside_paths: bool = opt(False, "read image paths of a parquet file or CSV that lead outside its folder "
+                                           "(absolute paths, ../); without it such rows are refused, so a downloaded "
+                                           "data set cannot pull other local files into a run or its report")
     max_pixels: int = opt(89_478_485, "refuse images with more pixels than this (decompression bombs)")
     checkpoint_every: int = opt(0, "also checkpoint every N optimizer steps (0: at epoch ends only)")
     log: str = opt("none", "none | tensorboard (also write the per-epoch metrics as TensorBoard scalars in "

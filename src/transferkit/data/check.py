@@ -1,6 +1,7 @@
 """``transferkit data check``: what a data set holds and what in it cannot be used.
 
-Reports classes and counts per split, class imbalance, duplicate files by content hash (within
+Reports which files or folders make each split (one line per split), classes and counts per
+split, class imbalance, duplicate files by content hash (within
 a split and across splits: a test image that is also a training image inflates accuracy), and
 every unusable file with its reason, and every top-level folder that was not read (neither a
 split nor a class). The dataset is clean when nothing unusable, no cross-split duplicate and
@@ -14,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 
 from transferkit.data.images import DEFAULT_MAX_PIXELS, BadImage, open_rgb
-from transferkit.data.specs import load_data
+from transferkit.data.specs import load_data, split_sources
+from transferkit.data.splitnames import SAID
 
 IMBALANCE_WARN = 10.0  # largest/smallest class count above this is worth a warning
 
@@ -43,10 +45,11 @@ def _inspect(item, max_pixels: int):
         return path, f"unreadable ({exc.strerror or exc})", None
 
 
-def check_data(spec: str, max_pixels: int | None = None) -> dict:
-    splits = load_data(spec, seed=0)
+def check_data(spec: str, max_pixels: int | None = None, allow_outside_paths: bool = False) -> dict:
+    splits = load_data(spec, seed=0, allow_outside_paths=allow_outside_paths)
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
-    report = {"spec": spec, "classes": splits.classes, "splits": {}, "bad_files": [], "duplicates": [],
+    report = {"spec": spec, "classes": splits.classes, "sources": split_sources(splits), "splits": {},
+              "bad_files": [], "duplicates": [],
               "cross_split_duplicates": [], "warnings": [],
               "ignored_folders": [{"path": p, "images": n} for p, n in splits.ignored.items()]}
     owners = defaultdict(list)  # content hash -> [(split, path)]
@@ -59,7 +62,7 @@ def check_data(spec: str, max_pixels: int | None = None) -> dict:
         if not hasattr(imageset, "paths") or not getattr(imageset, "paths", None) or not hasattr(imageset, "decode"):
             continue  # built-ins: in-memory tensors, nothing on disk to inspect
         with ThreadPoolExecutor(max_workers=4) as pool:
-            items = iter(imageset.encoded() if hasattr(imageset, "encoded") else imageset.paths)  # parquet rows: bytes
+            items = iter(imageset.encoded(max_pixels) if hasattr(imageset, "encoded") else imageset.paths)
             # In chunks: pool.map takes its whole input at once, and parquet rows hold their bytes.
             while chunk := list(islice(items, 256)):
                 for path, reason, digest in pool.map(lambda p: _inspect(p, max_pixels), chunk):
@@ -87,6 +90,7 @@ def check_data(spec: str, max_pixels: int | None = None) -> dict:
 
 def format_report(report: dict) -> str:
     lines = [f"data {report['spec']}: {len(report['classes'])} classes"]
+    lines += [f"split {name}: {text}" for name, text in report["sources"].items()]
     header = f"  {'class':<24}" + "".join(f"{s:>8}" for s in report["splits"])
     lines.append(header)
     for cls in report["classes"]:
@@ -99,8 +103,8 @@ def format_report(report: dict) -> str:
     for bad in report["bad_files"]:
         lines.append(f"unusable: {bad['path']}: {bad['reason']}")
     for folder in report["ignored_folders"]:
-        lines.append(f"not read: {folder['path']} ({folder['images']} images): neither a split "
-                     "(train, val|valid|validation, test) nor a class folder with images")
+        lines.append(f"not read: {folder['path']} ({folder['images']} images): neither a split ({SAID}) "
+                     "nor a class folder with images")
     unread = sum(1 for f in report["ignored_folders"] if f["images"])
     lines.append("clean" if report["clean"] else
                  f"NOT clean: {len(report['bad_files'])} unusable file(s), "

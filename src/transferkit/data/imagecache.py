@@ -10,9 +10,16 @@ the entry's meta with their reasons, and their records stay empty: a later run a
 ``--skip-bad`` policy (data/imagesets.py) without decoding anything again.
 
 Decoding runs in worker processes (Pillow), one share of the files per torchrun process, each
-writing its rows in place (core/records.py); building, reuse, concurrent runs and killed builds
-follow core/cachedir.py. ``DiskImages`` then reads batches back with ``pread``, so the memory a run
-needs depends on the batch size, not on the number of images.
+writing its rows in place (core/records.py); building, reuse, concurrent runs, killed builds and
+a full disk follow core/cachedir.py. A worker process that dies (killed for memory, a decoder
+crash) stops the build with one line, and the unfinished entry is removed. ``DiskImages`` then
+reads batches back with ``pread``, so the memory a run needs depends on the batch size, not on
+the number of images.
+
+A member of a tar shard is read whole into memory, so its size (from the tar header) is checked
+first: one larger than any image within ``--max-pixels`` can need (``max_encoded_bytes``), or
+one that runs past the end of its shard (a shard cut short after indexing), is a broken file
+with its reason, read not at all; so is every member of a shard deleted since it was indexed.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import multiprocessing
 import os
 import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +40,11 @@ import torch
 
 from transferkit.core import cachedir
 from transferkit.core import distributed as dist
+from transferkit.core.errors import UserError
 from transferkit.core.records import Records, write_rows
 from transferkit.data import images as decoding_rules
 from transferkit.data import pixels
-from transferkit.data.images import BadImage, load_uint8
+from transferkit.data.images import DEFAULT_MAX_PIXELS, BadImage, load_uint8, max_encoded_bytes
 
 LAYOUT_VERSION = 2  # 2: pixel digests after the records; of the entry's files; the decoding rules are versioned by their source's hash
 RULES = hashlib.sha256(Path(decoding_rules.__file__).read_bytes()).hexdigest()[:16]
@@ -48,23 +57,32 @@ def item_name(item) -> str:
     return item if isinstance(item, str) else item[0]
 
 
-def open_item(item):
+def open_item(item, max_pixels: int = DEFAULT_MAX_PIXELS):
     """What ``open_rgb`` reads: a file name, or the bytes of a member of a tar shard
-    (``(name, shard path, offset, size)``) in a BytesIO."""
+    (``(name, shard path, offset, size)``) in a BytesIO, its size checked before it is read."""
     if isinstance(item, str):
         return item
-    _name, shard, offset, size = item
-    with open(shard, "rb") as f:
-        data = os.pread(f.fileno(), size, offset)
+    name, shard, offset, size = item
+    if size > (limit := max_encoded_bytes(max_pixels)):
+        raise BadImage(name, f"its tar header claims {size:,} bytes, more than an image of at most {max_pixels:,} "
+                             f"pixels can need ({limit:,}); not read (raise --max-pixels if you trust this shard)")
+    try:
+        with open(shard, "rb") as f:
+            if os.fstat(f.fileno()).st_size < offset + size:
+                raise BadImage(name, "truncated (the shard ends before this member does)")
+            data = os.pread(f.fileno(), size, offset)
+    except OSError as exc:
+        raise BadImage(name, f"its shard cannot be read ({exc.strerror or exc}); was it moved or deleted after it "
+                             "was indexed?") from None
     if len(data) != size:
-        raise BadImage(item[0], "truncated (the shard ends early)")
+        raise BadImage(name, "truncated (the shard ends early)")
     return io.BytesIO(data)
 
 
 def load_item(item, size: int, interpolation: str, max_pixels: int) -> np.ndarray:
     """``(3, size, size)`` uint8 of an image file or shard member; BadImage names it by path either way."""
     try:
-        return load_uint8(open_item(item), size, interpolation, max_pixels)
+        return load_uint8(open_item(item, max_pixels), size, interpolation, max_pixels)
     except BadImage as bad:
         raise BadImage(item_name(item), bad.reason) from None
 
@@ -111,7 +129,7 @@ def _decode_rows(start: int, stop: int) -> list:
 
 
 def _decode_share(partial: Path, items: list, rows: range, size: int, interpolation: str, max_pixels: int,
-                  bar) -> list:
+                  bar, name: str) -> list:
     chunks = [(s, min(s + CHUNK, rows.stop)) for s in range(rows.start, rows.stop, CHUNK)]
     workers = min(decode_workers(), len(chunks))
     args = (str(partial), items, size, interpolation, max_pixels)
@@ -130,12 +148,21 @@ def _decode_share(partial: Path, items: list, rows: range, size: int, interpolat
     # fork: the workers start at once and inherit the item list instead of unpickling it.
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=args)
+    futures = {}
     try:
-        futures = {pool.submit(_decode_rows, start, stop): stop - start for start, stop in chunks}
+        futures = {pool.submit(_decode_rows, start, stop): (start, stop) for start, stop in chunks}
         for future in as_completed(futures):
             bad += future.result()
             if bar:
-                bar.update(futures[future])
+                bar.update(futures[future][1] - futures[future][0])
+    except BrokenProcessPool:
+        pool.shutdown(wait=False, cancel_futures=True)
+        left = sorted(rows for future, rows in futures.items()
+                      if not future.done() or future.cancelled() or future.exception() is not None)
+        first = item_name(items[left[0][0]]) if left else "?"
+        raise UserError(f"a decoding worker process died while decoding {name} ({sum(b - a for a, b in left):,} "
+                        f"images left undecoded, from {first} on): killed for memory, or a file that crashes the "
+                        "image decoder? `transferkit data check` lists the files it cannot use") from None
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: stop now, not after every queued image
         raise
@@ -174,7 +201,7 @@ def decode_cached(imageset, size: int, interpolation: str, max_pixels: int, root
     def fill(partial: Path, _info) -> dict:
         rows = range(*cachedir.share(n))
         bar = progress(total=len(rows), desc=f"decoding {imageset.name}", unit="img") if progress else None
-        bad = _decode_share(partial, items, rows, size, interpolation, max_pixels, bar)
+        bad = _decode_share(partial, items, rows, size, interpolation, max_pixels, bar, imageset.name)
         if bar:
             bar.close()
         fd = os.open(partial, os.O_RDONLY)

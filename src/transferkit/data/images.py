@@ -9,6 +9,9 @@
   short side is scaled to the input size, so a 1 x 5,000,000 px strip would become a gigapixel
   (and its centre square a meaningless sliver). A broken file raises ``BadImage`` naming its
   path; it is never silently replaced by another sample.
+- Encoded bytes that must be read into memory whole (a member of a tar shard) are refused unread
+  when there are more of them than an image within ``max_pixels`` can need (``max_encoded_bytes``):
+  a header claiming gigabytes is a broken file, not a ``MemoryError``.
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (0.25 GiB of RGBA)
 # Wider than any panorama or receipt scan; at 224 px the resized long side stays within 22,400 px.
 MAX_ASPECT = 100
+# 16-bit RGBA stored without compression, the largest common layout, plus room for headers and metadata.
+MAX_BYTES_PER_PIXEL = 8
+MAX_HEADER_BYTES = 16 << 20
 _pillow_limit = threading.Lock()
 
 
@@ -66,6 +72,11 @@ def to_rgb(img):
         background.paste(img, mask=img.getchannel("A"))
         return background
     return img.convert("RGB")
+
+
+def max_encoded_bytes(max_pixels: int) -> int:
+    """The most bytes an image file within ``max_pixels`` pixels can sensibly take."""
+    return max_pixels * MAX_BYTES_PER_PIXEL + MAX_HEADER_BYTES
 
 
 def unusable_shape(width: int, height: int) -> str | None:

@@ -80,7 +80,7 @@ class FileImages:
         """What the decoder opens (imagecache.open_item): a path, or ``(name, shard, offset, size)``."""
         return self.paths[i] if self.members is None else (self.paths[i], *self.members[i])
 
-    def encoded(self):
+    def encoded(self, max_pixels: int = DEFAULT_MAX_PIXELS):
         """What ``data check`` inspects, undecoded: each file's path, or ``(name, its bytes | BadImage)``
         for a member of a tar shard (read here, in order, so a shard is read front to back)."""
         for i in range(len(self)):
@@ -88,7 +88,7 @@ class FileImages:
                 yield self.paths[i]
                 continue
             try:
-                yield self.paths[i], open_item(self.item(i))
+                yield self.paths[i], open_item(self.item(i), max_pixels)
             except BadImage as bad:
                 yield self.paths[i], bad
 
@@ -121,13 +121,17 @@ class FileImages:
 
     def fingerprint(self, labels: bool = True) -> str:
         """Paths, sizes, modification times (of the files, or of the shards with each member's
-        place) and labels: changes when any file does."""
+        place) and labels: changes when any file does. A file gone since the data was listed is
+        keyed as missing; decoding then names it as a broken file."""
         digest, stats = hashlib.sha256(), {}
         for i, path in enumerate(self.paths):
             file = path if self.members is None else self.members[i][0]
             if file not in stats:
-                stat = os.stat(file)
-                stats[file] = f"{os.path.abspath(file)}|{stat.st_size}|{stat.st_mtime_ns}"
+                try:
+                    stat = os.stat(file)
+                    stats[file] = f"{os.path.abspath(file)}|{stat.st_size}|{stat.st_mtime_ns}"
+                except OSError as exc:
+                    stats[file] = f"{os.path.abspath(file)}|unreadable {exc.errno}"
             place = "" if self.members is None else f"|{path}|{self.members[i][1]}|{self.members[i][2]}"
             label = f"|{int(self.labels[i])}" if labels else ""
             digest.update(f"{stats[file]}{place}{label}\n".encode())

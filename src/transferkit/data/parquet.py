@@ -2,16 +2,22 @@
 
 SPEC is a ``.parquet`` file or a folder of them in the Hub's layout (``data/train-00000-of-00002.parquet``,
 ``validation-*``, ``test-*``, or ``<config>/<split>/0000.parquet``), optionally followed by
-``:image=COLUMN,label=COLUMN`` to name the columns. The split of a file comes from its name or
-folder, as the Hub reads them (``train``, ``validation``/``valid``/``val``/``dev``, ``test``);
-a file with none is training data, and without a validation split 20% of each class of train is
-held out by ``--seed``, as for folders. A file alone is training data unless its name says otherwise.
+``:image=COLUMN,label=COLUMN`` to name the columns. The split of a file comes from the words of its
+name, else of its folders (data/splitnames.py: ``train``, ``validation``/``valid``/``val``/``dev``,
+``test``, as the Hub reads them); a file with none is training data (the split listing says so),
+and without a validation split 20% of each class of train is held out by ``--seed``, as for folders.
 
 Columns, when not named: the image column is the one the metadata calls ``Image`` (else one
 called image/img, else the only ``{bytes, path}`` struct); the label column is the one
 ``ClassLabel`` column (else one called label/labels). Images are encoded bytes, or paths
 (relative to the parquet file); labels are ``ClassLabel`` indices (class names from the metadata
 the ``datasets`` library stores in the file), other integers, or class names.
+
+Image paths stay inside the data set's folder (SPEC's folder, or the folder of a single file):
+an absolute path or a ``../`` that leaves it makes that row unusable, so a downloaded data set
+cannot pull other local files into a run, its embeddings or its report's thumbnails, unless the
+user trusts it with ``--allow-outside-paths``. The check is on the path as written (symbolic links
+inside the folder are followed). ``datasets`` objects are the user's own: their paths are read.
 
 Memory stays bounded: labels are read whole (one integer per row), images in record batches of
 ``BATCH_ROWS`` rows while they are decoded into the run's uint8 array, never the whole column.
@@ -25,7 +31,7 @@ import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 import torch
@@ -33,9 +39,8 @@ import torch
 from transferkit.core.errors import UserError
 from transferkit.data.images import DEFAULT_MAX_PIXELS, BadImage, open_rgb, resize_center_crop, to_chw
 from transferkit.data.imagesets import TensorImages
+from transferkit.data.splitnames import by_split, split_in, split_of_path
 
-SPLIT_WORDS = {"train": "train", "training": "train", "validation": "val", "valid": "val", "val": "val",
-               "dev": "val", "test": "test", "testing": "test"}
 IMAGE_COLUMNS = ("image", "img", "images", "picture", "photo")
 LABEL_COLUMNS = ("label", "labels", "class", "target", "category")
 OPTIONS = re.compile(r"(?:image|label)=[^,=:]+(?:,(?:image|label)=[^,=:]+)*")
@@ -75,21 +80,12 @@ def claims(spec: str) -> bool:
     return path.is_dir() and next(_parquet_files(path), None) is not None
 
 
-def split_of(relative: Path) -> str | None:
-    """The split a file's name or folders give it, as the Hub reads them (``train-00000-of-00002``)."""
-    for part in [relative.stem, *reversed(relative.parts[:-1])]:
-        for word in re.split(r"[-_. ]", part.lower()):
-            if word in SPLIT_WORDS:
-                return SPLIT_WORDS[word]
-    return None
-
-
 class ParquetRows:
     """The rows of some parquet files, in order, as one table."""
 
-    def __init__(self, files: list[Path]):
+    def __init__(self, files: list[Path], inside: Path | None = None):
         pq = _pyarrow()
-        self.files = files
+        self.files, self.inside = files, inside  # inside: the folder image paths must stay in (None: anywhere)
         try:
             metas = [pq.ParquetFile(f) for f in files]
         except Exception as exc:  # ArrowInvalid and friends: not a parquet file
@@ -143,6 +139,8 @@ class ParquetRows:
 class DatasetRows:
     """A ``datasets.Dataset``'s rows, read through Arrow (images stay encoded until decoded here)."""
 
+    inside = None  # the user's own object: its image paths are read wherever they point
+
     def __init__(self, dataset, name: str):
         self.dataset, self.name = dataset, name
         self.schema = dataset.features.arrow_schema
@@ -171,20 +169,33 @@ class DatasetRows:
         return str(self.dataset._fingerprint)  # datasets' own content fingerprint
 
 
-def cell_source(cell, base: Path, name: str):
-    """An image cell (``{bytes, path}``, bytes, or a path) as something ``open_rgb`` reads."""
+def outside(path: str, folder: Path) -> bool:
+    """Whether ``path`` leads out of ``folder`` as written (``..`` and absolute paths count; symbolic
+    links are not resolved: a data set's own links, such as the Hub cache's, stay usable)."""
+    folder = os.path.abspath(folder)
+    return os.path.commonpath([os.path.normpath(os.path.abspath(path)), folder]) != folder
+
+
+def cell_source(cell, base: Path, name: str, inside: Path | None = None):
+    """An image cell (``{bytes, path}``, bytes, or a path) as something ``open_rgb`` reads; a path that
+    leaves the folder ``inside`` (when given) is refused unread."""
     data, path = (cell.get("bytes"), cell.get("path")) if isinstance(cell, dict) else \
         (cell, None) if isinstance(cell, (bytes, bytearray)) else (None, cell if isinstance(cell, str) else None)
     if data:
         return io.BytesIO(data)
     if path:
-        return str(path if os.path.isabs(path) else base / path)
+        full = os.path.normpath(os.path.join(base, path))  # what is checked is what is opened: ".." resolved here
+        if inside is not None and outside(full, inside):
+            raise BadImage(name, f"its image path '{path}' leads outside the data set's folder {inside}; "
+                                 "pass --allow-outside-paths if you trust this data set")
+        return full
     raise BadImage(name, "no image in this row")
 
 
-def decode_cell(cell, base: Path, name: str, size: int, interpolation: str, max_pixels: int):
+def decode_cell(cell, base: Path, name: str, size: int, interpolation: str, max_pixels: int, inside=None):
     try:
-        return to_chw(resize_center_crop(open_rgb(cell_source(cell, base, name), max_pixels), size, interpolation))
+        return to_chw(resize_center_crop(open_rgb(cell_source(cell, base, name, inside), max_pixels), size,
+                                         interpolation))
     except BadImage as bad:
         return BadImage(name, bad.reason)  # named by file and row, not by a buffer in memory
 
@@ -212,15 +223,16 @@ class ArrowImages:
         """``file.parquet#row`` for each image: names it in errors, embeddings and reports."""
         return [self.source.row_name(int(r)) for r in self.rows]
 
-    def encoded(self):
-        """``(name, readable source)`` for each image, undecoded (``data check``)."""
+    def encoded(self, max_pixels: int = DEFAULT_MAX_PIXELS):
+        """``(name, readable source)`` for each image, undecoded (``data check``; cells are in memory already,
+        so ``max_pixels`` has nothing to bound here)."""
         order = np.argsort(self.rows, kind="stable")
         for positions, cells in self.source.batches(self.column, self.rows[order]):
             for position, cell in zip(positions, cells):
                 row = int(self.rows[order[position]])
                 name = self.source.row_name(row)
                 try:
-                    yield name, cell_source(cell, self.source.base(row), name)
+                    yield name, cell_source(cell, self.source.base(row), name, self.source.inside)
                 except BadImage as bad:
                     yield name, bad
 
@@ -234,7 +246,7 @@ class ArrowImages:
             position, cell = item
             row = int(self.rows[order[position]])
             return order[position], decode_cell(cell, self.source.base(row), self.source.row_name(row), size,
-                                                interpolation, max_pixels)
+                                                interpolation, max_pixels, self.source.inside)
 
         # PIL releases the GIL while decoding and resizing, so threads use every core.
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
@@ -322,15 +334,17 @@ def tables(spec: str, sources: dict, options: dict, where: str) -> tuple[list[st
                      for s, src in sources.items()}
 
 
-def read_spec(spec: str) -> tuple[list[str], dict]:
-    """``(classes, {split: ArrowImages})`` of a parquet SPEC (see the module's docstring)."""
+def read_spec(spec: str, allow_outside_paths: bool = False) -> tuple[list[str], dict, dict]:
+    """``(classes, {split: ArrowImages}, {split: which files})`` of a parquet SPEC (see the module's docstring)."""
     location, options = split_spec(spec)
     root = Path(location).expanduser()
-    files = [root] if root.is_file() else sorted(_parquet_files(root))
-    grouped: dict[str, list[Path]] = {}
-    for file in files:
-        grouped.setdefault(split_of(file.relative_to(root.parent if root.is_file() else root)) or "train", []).append(file)
-    return tables(spec, {split: ParquetRows(group) for split, group in grouped.items()}, options, location)
+    folder = root.parent if root.is_file() else root
+    files = {str(f.relative_to(folder)): f for f in ([root] if root.is_file() else sorted(_parquet_files(root)))}
+    grouped, origins = by_split(list(files), "parquet file", lambda name: split_of_path(PurePath(name), location))
+    inside = None if allow_outside_paths else folder
+    classes, sets = tables(spec, {split: ParquetRows([files[n] for n in names], inside) for split, names in grouped.items()},
+                           options, location)
+    return classes, sets, origins
 
 
 def is_hf_dataset(obj) -> bool:
@@ -338,20 +352,26 @@ def is_hf_dataset(obj) -> bool:
     return type(obj).__module__.startswith("datasets.") and type(obj).__name__ in ("Dataset", "DatasetDict")
 
 
-def hf_sets(train, val=None, test=None) -> tuple[str, list[str], dict]:
-    """``(spec, classes, {split: ArrowImages})`` from ``datasets`` objects: a Dataset per split, or a
-    DatasetDict whose keys name the splits (train, validation, test)."""
+def hf_sets(train, val=None, test=None) -> tuple[str, list[str], dict, dict]:
+    """``(spec, classes, {split: ArrowImages}, {split: where from})`` from ``datasets`` objects: a Dataset
+    per split, or a DatasetDict whose keys name the splits (the words of data/splitnames.py)."""
     if type(train).__name__ == "DatasetDict":
-        unknown = [k for k in train if k.lower() not in SPLIT_WORDS]
+        keys = {k: split_in(k, "DatasetDict") for k in train}
+        unknown = [k for k, s in keys.items() if s is None]
         if unknown or val is not None or test is not None:
             raise UserError(f"a DatasetDict brings its splits (train, validation, test){'; it also has ' + ', '.join(unknown) if unknown else ''}: "
                             "pass DatasetDict({...}) with those only, and no val=/test=")
-        given = {SPLIT_WORDS[k.lower()]: d for k, d in train.items()}
+        for split in set(keys.values()):
+            if len(same := [k for k, s in keys.items() if s == split]) > 1:
+                raise UserError(f"DatasetDict keys {' and '.join(same)} are both the {split} split; keep one (or merge them)")
+        given = {keys[k]: d for k, d in train.items()}
+        origins = {keys[k]: f"DatasetDict['{k}']" for k in train}
     else:
         given = {s: d for s, d in (("train", train), ("val", val), ("test", test)) if d is not None}
+        origins = {s: f"the Dataset given as {s}" for s in given}
     for split, dataset in given.items():
         if not is_hf_dataset(dataset) or type(dataset).__name__ != "Dataset":
             raise UserError(f"{split}: give a datasets.Dataset like the others, not a {type(dataset).__name__}")
     spec = "python:datasets.Dataset"
     classes, sets = tables(spec, {s: DatasetRows(d, s) for s, d in given.items()}, {}, "")
-    return spec, classes, sets
+    return spec, classes, sets, origins

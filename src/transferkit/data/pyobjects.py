@@ -17,7 +17,7 @@ from transferkit.core.errors import UserError
 from transferkit.data import parquet
 from transferkit.data.images import resize_center_crop, to_chw, to_rgb
 from transferkit.data.imagesets import TensorImages
-from transferkit.data.specs import SPLIT_NAMES, VAL_FRACTION, DataSplits, stratified_split, with_val
+from transferkit.data.specs import SPLIT_NAMES, DataSplits, with_val
 
 
 def to_uint8_chw(image, where: str = "image") -> torch.Tensor:
@@ -153,21 +153,19 @@ def dataset_splits(train, val=None, test=None, seed: int = 0):
         return with_val(*parquet.hf_sets(train, val, test), seed)
     spec = f"python:{type(train).__name__}"
     train_set, classes = image_set(train, "train")
-    val_set = image_set(val, "val", classes)[0] if val is not None else None
-    test_set = image_set(test, "test", classes)[0] if test is not None else None
-    if val_set is None:
-        keep, held = stratified_split(train_set.labels.numpy(), VAL_FRACTION, seed)
-        train_set, val_set = train_set.subset(keep), train_set.subset(held)
-    return DataSplits(spec, classes, train_set, val_set, test_set)
+    sets = {"train": train_set, "val": image_set(val, "val", classes)[0] if val is not None else None,
+            "test": image_set(test, "test", classes)[0] if test is not None else None}
+    origins = {split: f"the Dataset given as {split}" for split, given in sets.items() if given is not None}
+    return with_val(spec, classes, sets, origins, seed)
 
 
 def evaluation_splits(dataset, split: str):
     """DataSplits holding ``dataset`` as ``split`` (what ``evaluate(run_dir, data=dataset)`` scores)."""
     if parquet.is_hf_dataset(dataset):
-        spec, classes, sets = parquet.hf_sets(dataset)
+        spec, classes, sets, origins = parquet.hf_sets(dataset)
         if type(dataset).__name__ == "Dataset":  # one Dataset: it is the split asked for
-            sets = {split: sets["train"]}
-        return DataSplits(spec, classes, **{n: sets.get(n) for n in SPLIT_NAMES})
+            sets, origins = {split: sets["train"]}, {split: "the Dataset given"}
+        return DataSplits(spec, classes, **{n: sets.get(n) for n in SPLIT_NAMES}, origins=origins)
     imageset, classes = image_set(dataset, split)
     return DataSplits(f"python:{type(dataset).__name__}", classes,
                       **{n: (imageset if n == split else None) for n in SPLIT_NAMES})

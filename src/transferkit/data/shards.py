@@ -10,11 +10,12 @@ e.g. ``000123.jpg`` + ``000123.cls``. Each sample needs one image member (.jpg .
 Class names come from ``classes.txt`` (one per line, in index order) beside the shards, else from
 the labels themselves: names sorted (as folders are), or indices ``0..K-1`` named by their numbers.
 
-Splits: every shard the spec matches belongs to the split its file name starts with (``train``/
-``training``, ``val``/``valid``/``validation``/``dev``, ``test``/``testing``, followed by ``-``, ``_``,
-``.`` or a digit); a shard with no such prefix is training data. A folder stands for all its
-``*.tar`` files. Without validation shards, 20% of each class is held out by ``--seed``, as for
-a single image folder.
+Splits: every shard the spec matches belongs to the split a word of its file name names, anywhere
+in it (``imagenet1k-train-0000.tar``, ``cifar10-test-0.tar``, ``mydata_validation_3.tar``; the one
+rule of data/splitnames.py), else a word of its folders below the shards' common folder; a shard
+with no split word is training data, and the split listing says so. A name naming two splits is
+refused. A folder stands for all its ``*.tar`` files. Without validation shards, 20% of each
+class is held out by ``--seed``, as for a single image folder.
 
 Safety: members are only ever read as bytes and decoded as images, numbers, text or JSON. Nothing
 is extracted to disk, and members such as ``.pyd``/``.pkl``/``.pth`` (which ``webdataset``'s
@@ -30,12 +31,13 @@ import json
 import os
 import re
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from braceexpand import braceexpand
 
 from transferkit.core.errors import UserError
 from transferkit.data.imagesets import FileImages
+from transferkit.data.splitnames import by_split, split_of_path
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 LABEL_EXTENSIONS = ("cls", "json", "txt")  # the first one a sample has is its label
@@ -43,9 +45,6 @@ LABEL_KEYS = ("label", "cls", "class", "class_name")
 MAX_LABEL_BYTES = 1 << 16
 CLASSES_FILE = "classes.txt"
 _KEY = re.compile(r"^((?:.*/|)[^./][^.]*)\.([^/]*)$")  # WebDataset's rule: key up to the first "." of the name
-_SPLIT = re.compile(r"^(training|train|validation|valid|val|dev|testing|test)(?=[-_.0-9]|$)")
-_SPLIT_NAMES = {"training": "train", "train": "train", "validation": "val", "valid": "val", "val": "val",
-                "dev": "val", "testing": "test", "test": "test"}
 
 
 def is_shard_spec(spec: str) -> bool:
@@ -74,9 +73,13 @@ def expand(spec: str) -> list[Path]:
     return sorted({Path(f) for f in found})
 
 
-def split_of(shard: Path) -> str:
-    match = _SPLIT.match(shard.name.lower())
-    return _SPLIT_NAMES[match.group(1)] if match else "train"
+def shard_splits(spec: str, shards: list[Path]) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """``({split: [shard]}, {split: listing line})``: each shard's split from the words of its path below
+    the shards' common folder (data/splitnames.py)."""
+    base = Path(os.path.commonpath([str(s.parent) for s in shards]))
+    relative = {str(s.relative_to(base)): s for s in shards}
+    grouped, lines = by_split(list(relative), "shard", lambda r: split_of_path(PurePath(r), f"data '{spec}'"))
+    return {split: [relative[r] for r in names] for split, names in grouped.items()}, lines
 
 
 def _label(shard: Path, key: str, ext: str, data: bytes):
@@ -153,21 +156,21 @@ def _class_names(shards: list[Path], labels: list) -> list[str]:
     return sorted(set(labels))
 
 
-def read_shards(spec: str) -> tuple[list[str], dict]:
-    """``(class names, {split: FileImages})`` of the samples in the shards of ``spec``."""
+def read_shards(spec: str) -> tuple[list[str], dict, dict]:
+    """``(class names, {split: FileImages}, {split: which shards})`` of the samples in the shards of ``spec``."""
     shards = expand(spec)
     if not shards:
         raise UserError(f"data '{spec}': no .tar shards found")
-    by_split: dict[str, list] = {}
-    for shard in shards:
-        by_split.setdefault(split_of(shard), []).extend(index_shard(shard))
-    if not by_split.get("train"):
-        raise UserError(f"data '{spec}': no training samples (shards whose names start with train, or with no split name)")
-    classes = _class_names(shards, [label for samples in by_split.values() for _, _, label in samples])
+    grouped, origins = shard_splits(spec, shards)
+    samples_of = {split: [sample for shard in group for sample in index_shard(shard)] for split, group in grouped.items()}
+    if not samples_of.get("train"):
+        raise UserError(f"data '{spec}': no training samples (shards with train or training in their names, or "
+                        "with no split word)")
+    classes = _class_names(shards, [label for samples in samples_of.values() for _, _, label in samples])
     index = {name: i for i, name in enumerate(classes)}
     sets = {}
-    for split, samples in by_split.items():
+    for split, samples in samples_of.items():
         labels = [label if isinstance(label, int) else index[label] for _, _, label in samples]
         sets[split] = FileImages([name for name, _, _ in samples], labels, classes, f"{spec}:{split}",
                                  [member for _, member, _ in samples])
-    return classes, sets
+    return classes, sets, origins

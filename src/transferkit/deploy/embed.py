@@ -66,20 +66,22 @@ def _on_engine(module, pre, sets: dict, dev, channels_last: bool, settings):
 
 def embed(source: str, data: str, out: str, from_run: bool, device: str = "auto", batch_size: int = 128,
           progress=None, seed: int | None = None, skip_bad: bool = False, weights: str = "imagenet",
-          cache_dir: str | None = None, backend: str = "auto", precision: str = "fp32", threads: int = 0) -> dict:
+          cache_dir: str | None = None, backend: str = "auto", precision: str = "fp32", threads: int = 0,
+          allow_outside_paths: bool = False) -> dict:
     """Embed every split of ``data`` into ``out``. Under torchrun each process embeds a share of
     every split and rank 0 writes the gathered file. ``seed`` splits a plain folder into train/val
     (default: the run's own seed, so the split column matches the run's training split). ``weights``:
     the pretrained weights of a model given by name (as ``--weights``). ``backend``, ``precision``,
     ``threads``: the CPU engine (runtimes/choose.py); reduced precision is judged on the data's
-    validation split with a nearest-class-mean probe (runtimes/guard.py)."""
+    validation split with a nearest-class-mean probe (runtimes/guard.py). ``allow_outside_paths``: read
+    image paths of a parquet file or CSV that leave its folder (data/specs.py)."""
     with dist.scope():
         return _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad, weights, cache_dir,
-                      engine_settings(backend, precision, threads, cache_dir))
+                      engine_settings(backend, precision, threads, cache_dir), allow_outside_paths)
 
 
 def _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad, weights, cache_dir,
-           settings) -> dict:
+           settings, allow_outside_paths) -> dict:
     out_path = Path(out)
     if out_path.suffix not in (".npz", ".parquet"):
         raise UserError(f"--out {out}: use a .npz or .parquet file name")
@@ -88,7 +90,7 @@ def _embed(source, data, out, from_run, device, batch_size, progress, seed, skip
     dev = dist.setup(device)
     channels_last = uses_convolutions(module)
     module = module.to(dev)
-    splits = load_data(data, seed)
+    splits = load_data(data, seed, allow_outside_paths)
     rows = {"embedding": [], "label": [], "split": [], "path": []}
     sets = {n: s for n in ("train", "val", "test") if (s := getattr(splits, n)) is not None}
     sets = decode_splits(sets, pre.size, pre.interpolation, skip_bad=skip_bad, progress=progress,

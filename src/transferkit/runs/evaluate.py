@@ -69,23 +69,26 @@ def save_outputs(run_dir: str | Path, split: str, probs: torch.Tensor, labels: t
 def evaluate_run(run_dir: str, data: str | None = None, split: str = "test", device: str = "auto",
                  batch_size: int = 128, progress=None, max_pixels: int | None = None, splits=None,
                  skip_bad: bool = False, tta: str | None = None, cache_dir: str | None = None,
-                 backend: str = "auto", precision: str = "fp32", threads: int = 0) -> dict:
+                 backend: str = "auto", precision: str = "fp32", threads: int = 0,
+                 allow_outside_paths: bool = False) -> dict:
     """Score ``run_dir`` on ``split`` of ``data`` (the run's own data when None); ``splits``: ready
-    DataSplits from the Python API instead of a spec. Probabilities go through the run's temperature;
+    DataSplits from the Python API instead of a spec. ``allow_outside_paths`` (data/specs.py): for other
+    data; the run's own data is read as the run was. Probabilities go through the run's temperature;
     ``tta`` (flip, crops, flip,crops) averages them over views. Under torchrun each process scores a
     share of the split, all get the whole result, and rank 0 writes the files. ``backend``,
     ``precision``, ``threads``: the CPU engine (runtimes/choose.py)."""
     kinds = parse_tta(tta)  # a mistake in --tta stops before anything loads
     with dist.scope():
         return _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, kinds,
-                             cache_dir, engine_settings(backend, precision, threads, cache_dir))
+                             cache_dir, engine_settings(backend, precision, threads, cache_dir), allow_outside_paths)
 
 
 def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, kinds, cache_dir,
-                  settings) -> dict:
+                  settings, allow_outside_paths) -> dict:
     tm, pre, classes, run = load_run(run_dir)
     spec = splits.spec if splits is not None else data or run["config"]["data"]
-    splits = splits if splits is not None else load_data(spec, run["config"].get("seed", 0))
+    allow = allow_outside_paths or (spec == run["config"]["data"] and run["config"].get("allow_outside_paths", False))
+    splits = splits if splits is not None else load_data(spec, run["config"].get("seed", 0), allow)
     mapping = class_index_map(splits.classes, classes)
     imageset = original = splits.split(split)
     if split == "test" and splits.test is None:

@@ -23,7 +23,7 @@ from transferkit.runtimes.guard import CALIBRATION, IMAGES, Guard, spread
 
 
 def _splits(run: dict):
-    return load_data(run["config"]["data"], run["config"].get("seed", 0))
+    return load_data(run["config"]["data"], run["config"].get("seed", 0), run["config"].get("allow_outside_paths", False))
 
 
 def _decoded(images, count: int, pre: Preprocess):

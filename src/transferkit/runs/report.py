@@ -94,10 +94,11 @@ def _thumbnail(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def load_thumbnails(data: str, seed: int, split: str, rows: list[int]) -> tuple[dict, str | None]:
+def load_thumbnails(data: str, seed: int, split: str, rows: list[int],
+                    allow_outside_paths: bool = False) -> tuple[dict, str | None]:
     """``{row: png}`` for rows of a split; the reason as a string when the data cannot be read."""
     try:
-        imageset = load_data(data, seed).split(split)
+        imageset = load_data(data, seed, allow_outside_paths).split(split)
     except (UserError, OSError) as exc:
         return {}, f"the data set '{data}' could not be read here ({exc})"
     out = {}
@@ -275,8 +276,10 @@ def render(run_dir: str | Path, outputs_file: str | Path | None = None) -> str:
                      f"(of {int((summary['cm'].sum() - np.trace(summary['cm'])))} errors); #N is the image's row in "
                      f"the {_e(outputs['split'])} split.</p>")
         if errors:
+            own = outputs["data"] == run["config"]["data"]  # other data: never outside its folder here
             thumbs, problem = load_thumbnails(outputs["data"], run["config"].get("seed", 0), outputs["split"],
-                                              [e["row"] for e in errors])
+                                              [e["row"] for e in errors],
+                                              own and run["config"].get("allow_outside_paths", False))
             if problem:
                 parts.append(f'<p class="note">Thumbnails left out: {_e(problem)}.</p>')
             parts.append(_gallery(errors, thumbs, classes))

@@ -174,7 +174,7 @@ def find_lr(cfg, progress=None, **sweep) -> LRFinding:
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     autocast = autocast_for(amp_dtype(device, cfg.amp))
-    splits = limit_training_images(load_data(cfg.data, cfg.seed), cfg)  # the same images train would see
+    splits = limit_training_images(load_data(cfg.data, cfg.seed, cfg.allow_outside_paths), cfg)  # the same images train would see
     if note := ignored_note(splits):
         log(note)
     tm = create_model(cfg.model, len(splits.classes), cfg.weights, cfg.head)

@@ -77,9 +77,11 @@ class Prepared:
     path: TrainPath         # how batches reach the trainable part
 
 
-def training_path(cfg: TrainConfig, tm: TransferModel, sets: dict, device, autocast, progress) -> Prepared:
+def training_path(cfg: TrainConfig, tm: TransferModel, sets: dict, device, autocast, progress,
+                  notes: tuple = ()) -> Prepared:
     """Preprocessing, freezing, decoded images, a dry forward of a real batch, and the chosen input
-    path (feature cache or full forward), announced in one line."""
+    path (feature cache or full forward), announced in one line. ``notes`` (where each split comes
+    from) are logged with the data line, once the model has run a batch."""
     check_recipe(cfg)
     pre = tm.info.preprocess(cfg.image_size)
     plan = plan_freeze(tm.net, tm.layout, cfg.freeze)
@@ -96,7 +98,7 @@ def training_path(cfg: TrainConfig, tm: TransferModel, sets: dict, device, autoc
     if len(sets["train"]) == 0:
         raise UserError(f"data '{cfg.data}' has no training images")
     check_shapes(tm.net, first_prepared(sets["train"], pre, 2, device), tm.num_classes)
-    for line in feeding:
+    for line in [*notes, *feeding]:
         log(line)
     path = choose_path(cfg, tm, plan, sets, pre, device, autocast, progress)
     log(path.message)

@@ -17,7 +17,7 @@ from transferkit.core import distributed as dist
 from transferkit.core.config import TrainConfig, resume_config
 from transferkit.core.errors import UserError
 from transferkit.core.progress import log, make_progress
-from transferkit.data.specs import DataSplits, ignored_note, load_data
+from transferkit.data.specs import DataSplits, ignored_note, load_data, split_lines
 from transferkit.engine import checkpoint as ckpt
 from transferkit.engine.ddp import ddp
 from transferkit.engine.optim import amp_dtype, autocast_for
@@ -95,13 +95,14 @@ def _start(cfg: TrainConfig, splits: DataSplits | None, run_dir: Path, resume_st
     tb = open_log(cfg.log if dist.is_main() else "none", run_dir)  # before any work: a missing package fails fast
     seed_everything(cfg.seed)
     precision = amp_dtype(device, cfg.amp)
-    splits = limit_training_images(splits if splits is not None else load_data(cfg.data, cfg.seed), cfg)
+    splits = limit_training_images(splits if splits is not None else
+                                   load_data(cfg.data, cfg.seed, cfg.allow_outside_paths), cfg)
     if note := ignored_note(splits):
         log(note)
     tm, specs = _model(cfg, splits, run_dir, resume_state)
     sets = {n: s for n, s in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if s is not None}
     autocast = autocast_for(precision)
-    prepared = training_path(cfg, tm, sets, device, autocast, progress)
+    prepared = training_path(cfg, tm, sets, device, autocast, progress, notes=split_lines(splits))
     batch_size = (resume_state or {}).get("batch_size") or global_batch(cfg, prepared.path, device, autocast)
     return Start(cfg, run_dir, splits, tm, specs, prepared, device, precision, progress, tb, batch_size, resume_state)
 
