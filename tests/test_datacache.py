@@ -1,5 +1,5 @@
 """The decoded-image cache, streamed batches and tar shards (data/imagecache.py, data/stream.py,
-data/shards.py): decoded once and reused, the same pixels and the same training as decoding into
+data/readers/shards.py): decoded once and reused, the same pixels and the same training as decoding into
 memory, broken files named from the cache too, each torchrun process decoding its share."""
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import torch
 
 from transferkit.core.errors import UserError
 from transferkit.core.safepickle import load_gz_ndarray, loads_ndarray
-from transferkit.data import package_sets
+from transferkit.data.readers import package_sets
 from transferkit.data.specs import load_data
 
 EXPECTED = {  # name: (package, classes, train + val, test)

@@ -15,9 +15,9 @@ from PIL import Image
 import transferkit as tk
 from transferkit.cli import main
 from transferkit.core.errors import UserError
-from transferkit.data import parquet
 from transferkit.data.check import check_data
 from transferkit.data.images import load_uint8
+from transferkit.data.readers import parquet
 from transferkit.data.specs import load_data
 from transferkit.runs.report import load_thumbnails
 

@@ -20,7 +20,7 @@ import transferkit as tk
 from transferkit.cli import main
 from transferkit.core.errors import UserError
 from transferkit.data.imagesets import decode_splits
-from transferkit.data.pyobjects import dataset_splits
+from transferkit.data.readers.pyobjects import dataset_splits
 from transferkit.data.specs import load_data, split_lines
 
 CLASSES = ("cat", "dog", "fox")

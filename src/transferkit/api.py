@@ -22,7 +22,7 @@ import torch
 from transferkit.core.config import TrainConfig
 from transferkit.core.devices import pick_device
 from transferkit.core.errors import UserError
-from transferkit.data.pyobjects import dataset_splits, evaluation_splits, fit_size, stack, to_uint8_chw
+from transferkit.data.readers.pyobjects import dataset_splits, evaluation_splits, fit_size, stack, to_uint8_chw
 from transferkit.data.tta import parse_tta, tta_views
 from transferkit.deploy.backends import load_backend
 from transferkit.deploy.predict import collect_images, image_probabilities, predict_images, top_predictions

@@ -174,7 +174,7 @@ def decode_splits(sets: dict, size: int, interpolation: str = "bilinear", *, ski
         if not hasattr(imageset, "decode"):
             out[name] = imageset  # already uint8 tensors in memory
             continue
-        if cache is None or not isinstance(imageset, FileImages):  # Python objects (pyobjects.py): no files to key
+        if cache is None or not isinstance(imageset, FileImages):  # Python objects (readers/pyobjects.py): no files to key
             report = progress and (lambda it, total, name=name: progress(it, total=total, desc=f"decoding {name}", unit="img"))
             out[name], broken = imageset.decode(size, interpolation, True, max_pixels, progress=report)
         else:

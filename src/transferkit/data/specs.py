@@ -2,8 +2,8 @@
 
 SPEC is a built-in name (fashion-mnist, cifar10, digits), a CSV of ``path,label[,split]``, a
 folder: ``root/<class>/<image>`` (split into train/val by ``--seed``, 20% val per class) or
-``root/{train,val,test}/<class>/<image>``, parquet data from the Hugging Face Hub (parquet.py), or
-WebDataset-style tar shards (``shards/train-{000000..000099}.tar``, shards.py).
+``root/{train,val,test}/<class>/<image>``, parquet data from the Hugging Face Hub (readers/parquet.py), or
+WebDataset-style tar shards (``shards/train-{000000..000099}.tar``, readers/shards.py).
 Splits are named by one rule (splitnames.py): the words of a CSV's split value, a parquet file's
 or a shard's name; a top-level folder only by its whole name (``train|training``,
 ``val|valid|validation|dev``, ``test|testing``, any case), so that a class called ``test_tubes``
@@ -14,7 +14,7 @@ Hidden files and folders and empty folders never become classes. A top-level fol
 neither a split nor a class is not read, and ``DataSplits.ignored`` names it so that ``data check``
 and ``train`` can say so. Built-ins hold out a fixed 10% of their training split for validation,
 so the val and test sets do not move with ``--seed``. The image paths of a CSV stay inside its
-folder unless ``allow_outside_paths`` (as a parquet file's, parquet.py).
+folder unless ``allow_outside_paths`` (as a parquet file's, readers/parquet.py).
 """
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from transferkit.core.errors import UserError
-from transferkit.data import parquet
-from transferkit.data.builtin_sets import BUILTINS, LOADERS
 from transferkit.data.images import is_image_file
 from transferkit.data.imagesets import FileImages, TensorImages
-from transferkit.data.shards import is_shard_spec, read_shards
+from transferkit.data.readers import parquet
+from transferkit.data.readers.builtin_sets import BUILTINS, LOADERS
+from transferkit.data.readers.shards import is_shard_spec, read_shards
 from transferkit.data.splitnames import SAID, SPLITS, split_in, splits_named, whole_name
 
 SPLIT_NAMES = SPLITS
@@ -249,7 +249,7 @@ def load_data(spec: str, seed: int = 0, allow_outside_paths: bool = False) -> Da
         return _from_builtin(spec)
     if parquet.claims(spec):
         return with_val(spec, *parquet.read_spec(spec, allow_outside_paths), seed)
-    if is_shard_spec(spec):  # WebDataset-style tar shards (data/shards.py)
+    if is_shard_spec(spec):  # WebDataset-style tar shards (data/readers/shards.py)
         return with_val(spec, *read_shards(spec), seed)
     path = Path(spec).expanduser()
     if not path.exists():

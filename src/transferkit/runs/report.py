@@ -27,7 +27,6 @@ from transferkit.data.specs import load_data
 from transferkit.runs import plots
 from transferkit.runs.calibration import run_temperature
 from transferkit.runs.history import read_history
-from transferkit.runs.planview import plan_section
 from transferkit.runs.metrics import (
     class_balanced_scores,
     confusion_matrix,
@@ -35,6 +34,7 @@ from transferkit.runs.metrics import (
     per_class_scores,
     reliability_bins,
 )
+from transferkit.runs.planview import plan_section
 from transferkit.runs.rundir import read_run
 
 WORST = 24       # thumbnails in the gallery of errors

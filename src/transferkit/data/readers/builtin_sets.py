@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from transferkit.core.errors import UserError
-from transferkit.data import package_sets
+from transferkit.data.readers import package_sets
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from transferkit.core.errors import UserError
-from transferkit.data import parquet
 from transferkit.data.images import resize_center_crop, to_chw, to_rgb
 from transferkit.data.imagesets import TensorImages
+from transferkit.data.readers import parquet
 from transferkit.data.specs import SPLIT_NAMES, DataSplits, with_val
 
 
