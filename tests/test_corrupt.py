@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import sys
+import types
 from html.parser import HTMLParser
 
 import numpy as np
@@ -135,6 +137,15 @@ def test_a_missing_library_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setattr(imagenet_c.importlib.metadata, "version", missing)
     with pytest.raises(UserError, match=r"transferkit\[corrupt\]"):
         imagenet_c.library()
+
+
+def test_the_unmaintained_original_is_named_not_crashed_on(monkeypatch):
+    """imagecorruptions 1.1.2 installs the same module; its glass blur takes no seed (and fails on NumPy 2)."""
+    original = types.ModuleType("imagecorruptions")
+    original.corruptions = types.SimpleNamespace(glass_blur=lambda x, severity=1: x)
+    monkeypatch.setitem(sys.modules, "imagecorruptions", original)
+    with pytest.raises(UserError, match="pip uninstall -y imagecorruptions"):
+        imagenet_c.load.__wrapped__()
 
 
 class _Section(HTMLParser):

@@ -238,8 +238,9 @@ def _corruptions(run_dir: Path) -> str:
     for result in results:
         columns, worst = shift.severity_columns(result), result["worst"] or {}
         families = {row["corruption"]: row["family"] for row in result["rows"]}
-        parts.append(f"<p class=sub>{_e(shift.describe(result))}: mean accuracy over every corruption and severity, "
-                     "the worst corruption by its mean over severities.</p>")
+        how = ("mean over every corruption and severity; the worst corruption by its mean over severities"
+               if len(columns) > 1 else "mean over the corruptions")
+        parts.append(f"<p class=sub>{_e(shift.describe(result))}; {how}.</p>")
         parts.append(_cards([("clean top-1", f"{result['clean']['top1']:.2%}"),
                              ("mean corrupted top-1", f"{result['mean_top1']:.2%}"),
                              ("drop", f"{100 * result['drop']:.1f} points"),
@@ -251,7 +252,7 @@ def _corruptions(run_dir: Path) -> str:
                       f"{accs[c]:.3f}</td>" if c in accs else "<td></td>" for c in columns)
             + (f"<td class=num>{result['per_corruption'][name]:.3f}</td>" if len(columns) > 1 else "") + "</tr>"
             for name, accs in shift.by_corruption(result).items())
-        parts.append(f'<table class="corruptions"><tr><th>corruption</th><th>family</th>{head}</tr>{body}</table>')
+        parts.append(f'<table class="corruptions" style="margin-top:12px"><tr><th>corruption</th><th>family</th>{head}</tr>{body}</table>')
     return "\n".join(parts)
 
 

@@ -35,6 +35,8 @@ from transferkit.runs.inference import engine_settings
 from transferkit.runs.metrics import score
 
 SUBSET_SEED = 0  # --corrupt-limit's sample: one per data set, whatever the run's --seed
+REQUIRED = {"rows", "clean", "mean_top1", "drop", "worst", "per_corruption", "severities", "corruptions", "split",
+            "data", "n", "n_split", "size", "library"}  # what the report reads
 KEPT = ("top1", "top5", "balanced_accuracy", "ece", "nll")  # of each scoring; per-class tables stay with plain eval
 
 
@@ -131,9 +133,11 @@ def load_results(run_dir: str | Path) -> list[dict]:
     out = []
     for path in sorted((Path(run_dir) / "eval").glob("*_corrupt-*.json")):
         try:
-            out.append(json.loads(path.read_text(encoding="utf-8")))
+            result = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue  # a file this version cannot read is left out of the report, not fatal to it
+        if isinstance(result, dict) and REQUIRED <= result.keys() and result["rows"]:
+            out.append(result)
     return out
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import signal
 import time
 from functools import cache
 
@@ -74,16 +75,17 @@ def parse_severity(spec: str | int | None) -> tuple[int, ...]:
 
 
 def library() -> str:
-    """``"imagecorruptions-imaug VERSION"``, or a UserError saying how to install it. Reads the
-    installed metadata only: the library (and OpenCV with it) is imported where images are corrupted."""
+    """``"imagecorruptions-imaug VERSION"`` once it imports, or a UserError saying how to install it."""
     try:
-        return f"{DISTRIBUTION} {importlib.metadata.version(DISTRIBUTION)}"
+        version = importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
         raise UserError(f"--corrupt needs the ImageNet-C corruptions of {DISTRIBUTION}: {INSTALL}") from None
+    load()
+    return f"{DISTRIBUTION} {version}"
 
 
 @cache
-def _functions() -> dict:
+def load() -> dict:
     """name -> (function, whether it takes ``seed``), imported on first use."""
     try:
         from imagecorruptions import corruptions
@@ -110,7 +112,7 @@ def corrupt_image(image: np.ndarray, name: str, severity: int, seed: int) -> np.
     """``(H, W, 3)`` uint8 -> the same image under corruption ``name`` at ``severity`` (1-5), as uint8."""
     if name not in NAMES:
         raise UserError(f"unknown corruption '{name}'; use one of {', '.join(NAMES)}")
-    function, takes_seed = _functions()[name]
+    function, takes_seed = load()[name]
     saved = np.random.get_state()
     np.random.seed(seed)
     try:
@@ -118,6 +120,15 @@ def corrupt_image(image: np.ndarray, name: str, severity: int, seed: int) -> np.
     finally:
         np.random.set_state(saved)
     return np.uint8(out)  # the library's corrupt() and ImageNet-C's files truncate the same way
+
+
+def start_worker() -> None:
+    """A corruption worker's start: here, not in views.py, so that a spawned worker imports no torch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no traceback per worker
+    load()  # the library's imports before the first task, so that the timings count only corrupting
+    import cv2  # the library's dependency, loaded by now
+
+    cv2.setNumThreads(1)  # one worker per core: OpenCV's own threads would only compete with the others
 
 
 def corrupt_many(images: np.ndarray, name: str, severity: int, seeds) -> tuple[np.ndarray, float]:

@@ -14,21 +14,16 @@ model or of threads already running here, and OpenCV starts clean in each. The i
 from __future__ import annotations
 
 import multiprocessing
-import signal
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
 
-from transferkit.data.corrupt.imagenet_c import corrupt_many, image_seed
+from transferkit.data.corrupt.imagenet_c import corrupt_many, image_seed, start_worker
 from transferkit.data.imagecache import decode_workers
 from transferkit.data.transforms import Preprocess, resize
 
 PREFETCH = 2  # batches corrupted ahead of the model
-
-
-def _start_worker() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no traceback per worker
 
 
 class CorruptionPool:
@@ -57,7 +52,7 @@ class CorruptionPool:
             return corrupt_many(images, name, severity, seeds)
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_worker)
+                                             initializer=start_worker)
         chunks = np.array_split(np.arange(len(images)), parts)
         futures = [self._pool.submit(corrupt_many, images[c], name, severity, seeds[c]) for c in chunks]
         done = [f.result() for f in futures]
