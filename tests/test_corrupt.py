@@ -184,6 +184,7 @@ def test_eval_corrupt_scores_the_run_and_the_report_shows_it(tiny_run, capsys, m
     assert main(["eval", str(tiny_run), "--corrupt", "--format", "json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["clean"]["top1"] == plain["top1"] and result["n"] == plain["n"] == result["n_split"]
+    assert result["clean"]["nll"] == plain["nll"] and result["clean"]["ece"] == plain["ece"]  # the very same logits
     assert result["split"] == plain["split"] == "val" and result["severities"] == [3]
     rows = result["rows"]
     assert [r["corruption"] for r in rows] == list(NAMES) and all(r["severity"] == 3 for r in rows)
