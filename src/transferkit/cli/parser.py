@@ -122,7 +122,8 @@ def _lr_find(sub):
 
 def _eval(sub):
     p = add_command(sub, "eval", "score a run on the test split of its data (val when it has none), or on --data",
-                    "transferkit eval runs/pets --split test --format json")
+                    "transferkit eval runs/pets --split test --format json\n"
+                    "  transferkit eval runs/pets --corrupt 3 --corrupt-limit 1000   # ImageNet-C shift test")
     p.add_argument("run_dir", help=TRUSTED_RUN)
     p.add_argument("--data", help="another data SPEC whose class names are among the run's")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -137,6 +138,16 @@ def _eval(sub):
     p.add_argument("--allow-outside-paths", action="store_true",
                    help=OUTSIDE_HELP + " (for --data; the run's own data is read as the run was)")
     add_engine_flags(p)
+    p.add_argument("--corrupt", nargs="?", const="3", metavar="SEVERITY",
+                   help="the shift test: score the split clean and under the 15 ImageNet-C corruptions (noise, blur, weather, "
+                        "digital) at SEVERITY 1-5 (default 3) or all; prints clean and mean corrupted accuracy, the worst "
+                        "corruption and each one, writes RUN_DIR/eval/SPLIT_corrupt-s3.json and the report's section "
+                        "(needs pip install 'transferkit[corrupt]')")
+    p.add_argument("--corruptions", metavar="LIST",
+                   help="with --corrupt: only these corruptions or families, e.g. noise,fog,pixelate (default: all 15)")
+    p.add_argument("--corrupt-limit", type=int, metavar="N",
+                   help="with --corrupt: score a stratified sample of about N images (the same for every run of the data) "
+                        "to keep the test to minutes")
     p.set_defaults(module="eval")
 
 

@@ -145,7 +145,7 @@ def format_seconds(seconds: float, ceil: bool = False) -> str:
     import math
 
     s = math.ceil(seconds) if ceil else round(seconds)
-    if s < 120:
+    if s < 600:
         return f"{s}s"
     minutes = math.ceil(s / 60) if ceil else s / 60
     return f"{minutes:.0f}m" if ceil else f"{minutes:.1f}m"

@@ -1,7 +1,7 @@
 """``transferkit eval``: score a finished run on a split of its data (or of other data)."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from transferkit.core.safeio import atomic_write, write_json_atomic
 from transferkit.data.images import DEFAULT_MAX_PIXELS
 from transferkit.data.imagesets import DataCache, decode_splits
 from transferkit.data.specs import load_data
-from transferkit.data.transforms import first_prepared, prepare
+from transferkit.data.transforms import Preprocess, first_prepared, prepare
 from transferkit.data.tta import parse_tta, tta_views
 from transferkit.engine.batches import Batches
 from transferkit.engine.loop import predict_logits
@@ -83,8 +83,23 @@ def evaluate_run(run_dir: str, data: str | None = None, split: str = "test", dev
                              cache_dir, engine_settings(backend, precision, threads, cache_dir), allow_outside_paths)
 
 
-def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, kinds, cache_dir,
-                  settings, allow_outside_paths) -> dict:
+@dataclass
+class ScoredSplit:
+    """A run and the decoded split it is scored on (shared by eval and eval --corrupt)."""
+    tm: object
+    pre: Preprocess
+    classes: list
+    run: dict
+    spec: str
+    split: str           # "val" when the data has no test split
+    original: object     # the split as the data spec lists it (before --skip-bad)
+    images: object       # decoded at the run's size
+    mapping: torch.Tensor
+    device: torch.device
+
+
+def scored_split(run_dir, data, split, device, progress=None, max_pixels=None, splits=None, skip_bad=False,
+                 cache_dir=None, allow_outside_paths: bool = False) -> ScoredSplit:
     tm, pre, classes, run = load_run(run_dir)
     spec = splits.spec if splits is not None else data or run["config"]["data"]
     allow = allow_outside_paths or (spec == run["config"]["data"] and run["config"].get("allow_outside_paths", False))
@@ -97,6 +112,14 @@ def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels
     imageset = decode_splits({split: imageset}, pre.size, pre.interpolation, skip_bad=skip_bad, progress=progress,
                              max_pixels=max_pixels or run["config"].get("max_pixels", DEFAULT_MAX_PIXELS),
                              cache=DataCache.from_settings(run["config"], dev, cache_dir))[split]
+    return ScoredSplit(tm, pre, classes, run, spec, split, original, imageset, mapping, dev)
+
+
+def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, kinds, cache_dir,
+                  settings, allow_outside_paths) -> dict:
+    s = scored_split(run_dir, data, split, device, progress, max_pixels, splits, skip_bad, cache_dir, allow_outside_paths)
+    tm, pre, classes, run, spec, split, original = s.tm, s.pre, s.classes, s.run, s.spec, s.split, s.original
+    imageset, mapping, dev = s.images, s.mapping, s.device
     net, channels_last = on_engine(tm, pre, run, classes, imageset, dev, settings)
     temperature, views = run_temperature(run), tta_views(kinds)
     batches = Batches(imageset, batch_size, rank=dist.rank(), world=dist.world())

@@ -24,7 +24,7 @@ from transferkit.core.safeio import write_text_atomic
 from transferkit.data.imagecache import load_item
 from transferkit.data.images import DEFAULT_MAX_PIXELS, BadImage
 from transferkit.data.specs import load_data
-from transferkit.runs import plots
+from transferkit.runs import plots, shift
 from transferkit.runs.calibration import run_temperature
 from transferkit.runs.history import read_history
 from transferkit.runs.metrics import (
@@ -231,6 +231,33 @@ def _calibration(run: dict, summary: dict) -> str:
     return text + _img(plots.reliability_png(curves), "reliability diagram")
 
 
+def _corruptions(run_dir: Path) -> str:
+    """The shift test's results (``eval --corrupt``) when it was run: cards and one row per corruption."""
+    results = shift.load_results(run_dir)
+    if not results:
+        return ""
+    parts = ['<h2 id="corruptions">Robustness to corruptions</h2>']
+    for result in results:
+        columns, worst = shift.severity_columns(result), result["worst"] or {}
+        families = {row["corruption"]: row["family"] for row in result["rows"]}
+        how = ("mean over every corruption and severity; the worst corruption by its mean over severities"
+               if len(columns) > 1 else "mean over the corruptions")
+        parts.append(f"<p class=sub>{_e(shift.describe(result))}; {how}.</p>")
+        parts.append(_cards([("clean top-1", f"{result['clean']['top1']:.2%}"),
+                             ("mean corrupted top-1", f"{result['mean_top1']:.2%}"),
+                             ("drop", f"{100 * result['drop']:.1f} points"),
+                             ("worst corruption", f"{worst.get('corruption')} {worst.get('top1', 0):.2%}")]))
+        head = "".join(f"<th>severity {c}</th>" for c in columns) + ("<th>mean</th>" if len(columns) > 1 else "")
+        body = "".join(
+            f"<tr><td>{_e(name)}</td><td>{_e(families[name])}</td>"
+            + "".join(f"<td class=num><span class=bar style=\"width:{accs.get(c, 0) * 80:.0f}px\"></span>"
+                      f"{accs[c]:.3f}</td>" if c in accs else "<td></td>" for c in columns)
+            + (f"<td class=num>{result['per_corruption'][name]:.3f}</td>" if len(columns) > 1 else "") + "</tr>"
+            for name, accs in shift.by_corruption(result).items())
+        parts.append(f'<table class="corruptions" style="margin-top:12px"><tr><th>corruption</th><th>family</th>{head}</tr>{body}</table>')
+    return "\n".join(parts)
+
+
 def render(run_dir: str | Path, outputs_file: str | Path | None = None) -> str:
     """The report's HTML for ``run_dir``; per-image outputs from ``outputs_file`` (default: the run's scored split)."""
     run_dir = Path(run_dir)
@@ -286,6 +313,7 @@ def render(run_dir: str | Path, outputs_file: str | Path | None = None) -> str:
         else:
             parts.append('<p class="note">No errors on this split.</p>')
         parts.append(_calibration(run, summary))
+    parts.append(_corruptions(run_dir))
     parts.append(plan_section(run))
     parts.append("<h2>Settings</h2>" + _settings(run, lr_find))
     body = "\n".join(parts)
