@@ -49,21 +49,21 @@ def test_a_fine_tune_needs_a_pilot_and_gets_the_epochs_that_fit():
     row = ranked("m", 96, 0.80, 0.70, engine=2000, back=500)
     without = choose([row], SIZES, left=300, budget=400, spent=60, fixed=FIXED)
     assert without.chosen.freeze == "backbone"  # no pilot measured a gain: nothing assumed
-    plan = choose([row], SIZES, left=300, budget=400, spent=60, fixed=FIXED, pilots={("m", 96, 6): 0.05})
+    plan = choose([row], SIZES, left=300, budget=400, spent=60, fixed=FIXED, pilots={("m", 96, 6): {"clean": 0.05}})
     chosen = plan.chosen
     assert chosen.freeze == "6" and chosen.expected == pytest.approx(0.85) and chosen.augment == "flip"
     assert chosen.seconds * SAFETY <= 300 and 2 <= chosen.epochs <= 10
     one_more = costs.partial_seconds(SIZES.all, SIZES.train, SIZES.val, chosen.epochs + 1, 2000, 500, 2, FIXED)
     assert chosen.epochs == 10 or one_more * SAFETY > 300  # as many epochs as fit
-    worse = choose([row], SIZES, left=300, budget=400, spent=60, fixed=FIXED, pilots={("m", 96, 6): -0.02})
+    worse = choose([row], SIZES, left=300, budget=400, spent=60, fixed=FIXED, pilots={("m", 96, 6): {"clean": -0.02}})
     assert worse.chosen.freeze == "backbone"
-    noflip = choose([row], SIZES, left=300, budget=400, spent=60, fixed=FIXED, pilots={("m", 96, 6): 0.05}, flip=False)
+    noflip = choose([row], SIZES, left=300, budget=400, spent=60, fixed=FIXED, pilots={("m", 96, 6): {"clean": 0.05}}, flip=False)
     assert noflip.chosen.augment == "none"
 
 
 def test_a_budget_too_small_names_the_smallest_that_fits():
     row = ranked("m", 96, 0.8, 0.7, engine=100)  # 13,000 images at 100/s: 130 s at least
-    with pytest.raises(UserError, match=r"too small for any recipe.*give --budget \d+m or more"):
+    with pytest.raises(UserError, match=r"too small for any recipe.*give --budget \d+[sm] or more"):
         choose([row], SIZES, left=40, budget=60, spent=20, fixed=FIXED)
 
 

@@ -11,7 +11,7 @@ import importlib
 __version__ = "0.1.0"
 
 # public name -> the module that defines it
-_PUBLIC = {"fit": "transferkit.api", "evaluate": "transferkit.api", "predict": "transferkit.api",
+_PUBLIC = {"fit": "transferkit.api", "rank": "transferkit.api", "evaluate": "transferkit.api", "predict": "transferkit.api",
            "create_model": "transferkit.api", "register_backbone": "transferkit.models.families.custom"}
 
 __all__ = ["__version__", *_PUBLIC]

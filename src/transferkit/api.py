@@ -23,10 +23,14 @@ from transferkit.core.config import TrainConfig
 from transferkit.core.devices import pick_device
 from transferkit.core.errors import UserError
 from transferkit.data.readers.pyobjects import dataset_splits, evaluation_splits, fit_size, stack, to_uint8_chw
+from transferkit.data.specs import load_data
 from transferkit.data.tta import parse_tta, tta_views
 from transferkit.deploy.backends import load_backend
 from transferkit.deploy.predict import collect_images, image_probabilities, predict_images, top_predictions
 from transferkit.models.transfer import create_model as _create
+from transferkit.plan.budget import parse_duration, plan_and_train
+from transferkit.plan.rank import candidates_for, offline_models
+from transferkit.plan.rank import rank as _rank
 from transferkit.runs.evaluate import evaluate_run
 from transferkit.runs.rundir import read_run
 from transferkit.train.trainer import train
@@ -51,19 +55,43 @@ def _config(data_spec: str, model: str, settings: dict):
     return cfg
 
 
-def fit(data, model: str = "efficientnet_lite0", *, val=None, test=None, **settings) -> dict:
+def fit(data, model: str = "efficientnet_lite0", *, val=None, test=None, budget: str | float | None = None,
+        models=None, sizes=None, robust: float = 0.0, **settings) -> dict:
     """Train like ``transferkit train``; returns ``{"run_dir", "metrics", "split", "best_epoch", "cached"}``.
 
     ``data``: a data SPEC (folder, CSV, ``digits`` ...) or a Dataset; with a Dataset, ``val`` and
     ``test`` may be Datasets too (without ``val``, 20% of each class is held out by ``seed``).
     Class names come from ``dataset.classes`` when it has them, else the labels.
+
+    ``budget="10m"`` (or seconds) is ``train --budget``: the recipe is chosen for you among ``models``
+    (default: those with weights here) and ``sizes`` and the result has the ``"plan"`` too;
+    ``robust`` weighs accuracy under corruptions into that choice.
     """
     if isinstance(data, (str, Path)):
         if val is not None or test is not None:
             raise UserError("val= and test= go with a Dataset; a data SPEC brings its own splits")
-        return train(_config(str(data), model, settings))
-    splits = dataset_splits(data, val, test, seed=int(settings.get("seed", 0)))
-    return train(_config(splits.spec, model, settings), splits=splits)
+        splits = None
+        cfg = _config(str(data), model, settings)
+    else:
+        splits = dataset_splits(data, val, test, seed=int(settings.get("seed", 0)))
+        cfg = _config(splits.spec, model, settings)
+    if budget is None:
+        return train(cfg, splits=splits)
+    seconds = parse_duration(budget) if isinstance(budget, str) else float(budget)
+    models = list(models) if models else ([model] if "model" in settings or model != "efficientnet_lite0" else None)
+    return plan_and_train(cfg, seconds, models, list(sizes) if sizes else None, splits=splits, robust=robust)
+
+
+def rank(data, models=None, sizes=(96, 160, 224), *, sample: int = 2000, budget: str | float | None = None,
+         robust: float = 0.0, **settings) -> list[dict]:
+    """``transferkit rank``: candidates (backbone x input size) scored on a sample of ``data``, best first,
+    as dicts (model, size, head, expected, heads, logme, engine_rate, ...). ``settings``: train flags
+    such as ``seed``, ``cache_dir``, ``backend``."""
+    cfg = _config(str(data), "efficientnet_lite0", settings)
+    limit = None if budget is None else (parse_duration(budget) if isinstance(budget, str) else float(budget))
+    result = _rank(cfg, load_data(cfg.data, cfg.seed), candidates_for(list(models or offline_models()), list(sizes)),
+                   sample=sample, time_limit=limit, robust=robust)
+    return [row.to_json() for row in result.rows]
 
 
 def evaluate(run_dir: str | Path, data=None, split: str = "test", *, device: str = "auto", tta: str | None = None) -> dict:

@@ -61,6 +61,10 @@ def add_engine_flags(p, exported: bool = False) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads of the engine (default 0: every core)")
 
 
+ROBUST_HELP = ("weight in [0, 1] of accuracy under corruptions (noise, blur, fog, contrast at severity 3, applied to "
+               "held-out images) in the choice, when you have no validation images from where the model will be used "
+               "(default 0: clean held-out accuracy only)")
+
 DEFAULT_BUDGET_TEXT = "10m"  # plan/budget.DEFAULT_BUDGET (not imported: --help loads nothing heavy)
 
 # Train flags that mean nothing to a sweep of ~100 steps (and --out names the plot here, not a run dir).
@@ -103,6 +107,7 @@ def _train(sub):
                    "--model if given, else those with weights on this machine)")
     p.add_argument("--sizes", help="with --budget/--auto: input sizes to choose from (default: --image-size if "
                    "given, else 96,160,224)")
+    p.add_argument("--robust", type=float, default=0.0, help="with --budget/--auto: " + ROBUST_HELP)
     add_arguments(p)
     p.set_defaults(module="train")
 
@@ -263,6 +268,7 @@ def _rank(sub):
     p.add_argument("--sample", default="2000", help="images to score with, a stratified sample of train+val, or all "
                    "(then `train --freeze backbone` reuses every cached feature) (default 2000)")
     p.add_argument("--budget", help="time limit for ranking (90s, 5m): candidates predicted not to fit are skipped")
+    p.add_argument("--robust", type=float, default=0.0, help=ROBUST_HELP)
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and the folds (default 0)")
     p.add_argument("--cache-dir", help=CACHE_DIR_HELP)

@@ -17,19 +17,21 @@ def run(args) -> int:
     limit = parse_duration(args.budget) if args.budget else None
     splits = load_data(cfg.data, cfg.seed)
     sample = 0 if str(args.sample) == "all" else int(args.sample)
-    result = rank(cfg, splits, candidates_for(models, sizes), sample=sample, time_limit=limit,
+    result = rank(cfg, splits, candidates_for(models, sizes), sample=sample, time_limit=limit, robust=args.robust,
                   progress=None if args.quiet else make_progress(False))
     if args.format == "json":
         print(json.dumps(result.to_json(), indent=2))
         return 0
     how = "cross-validated on training images" if result.mode == "cv" else "fitted on train, scored on the data's val split"
     log(f"rank: {len(result.rows)} candidates on {result.sample:,} images ({how}) in {result.seconds:.0f} s")
-    print(f"{'#':>2}  {'model':<20}{'size':>5}  {'head':<10}{'expected':>9}{'linear':>8}{'knn':>8}{'proto':>8}"
+    shifted = f"{'shifted':>9}" if args.robust else ""
+    print(f"{'#':>2}  {'model':<20}{'size':>5}  {'head':<10}{'expected':>9}{'linear':>8}{'knn':>8}{'proto':>8}{shifted}"
           f"{'LogME':>8}{'img/s':>8}  one-pass heads: held-out accuracy on the sample")
     for i, r in enumerate(result.rows, 1):
         knn = next(v for h, v in r.heads.items() if h.startswith("knn"))
+        robust = f"{r.robust.get(r.head, float('nan')):>9.2%}" if args.robust else ""
         print(f"{i:>2}  {r.model:<20}{r.size:>5}  {r.head:<10}{r.expected:>9.2%}{r.heads['linear']:>8.2%}{knn:>8.2%}"
-              f"{r.heads['prototype']:>8.2%}{r.logme:>8.3f}{r.engine_rate:>8.0f}")
+              f"{r.heads['prototype']:>8.2%}{robust}{r.logme:>8.3f}{r.engine_rate:>8.0f}")
     for name, why in result.skipped:
         print(f"skipped {name}: {why}")
     best = result.rows[0]

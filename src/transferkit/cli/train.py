@@ -18,7 +18,8 @@ def run(args) -> int:
                 raise UserError("--budget/--auto plan a new run; --resume continues one with its own settings")
             models = parse_list(args.models) or ([cfg.model] if flags.get("model") else None)
             sizes = parse_list(args.sizes, int) or ([cfg.image_size] if flags.get("image_size") else None)
-            result = plan_and_train(cfg, parse_duration(args.budget or DEFAULT_BUDGET), models, sizes)
+            result = plan_and_train(cfg, parse_duration(args.budget or DEFAULT_BUDGET), models, sizes,
+                                    robust=args.robust)
         else:
             result = train(cfg)
     except Interrupted as exc:

@@ -30,6 +30,8 @@ from transferkit.data.specs import DataSplits, load_data
 from transferkit.plan import costs
 from transferkit.plan.planner import Sizes, choose, format_seconds
 from transferkit.plan.rank import DEFAULT_SIZES, candidates_for, offline_models, rank, sample_splits
+from transferkit.plan.shift import CORRUPTIONS, SEVERITY
+from transferkit.runs.shift import corruption_eval
 from transferkit.train.setup import limit_training_images
 from transferkit.train.trainer import TimeLimit, train
 
@@ -55,28 +57,40 @@ def sample_size(budget: float) -> int:
     return int(min(4000, max(500, budget * 10 / 3)))
 
 
-def _pilot(cfg: TrainConfig, sampled: DataSplits, row, cut: int, flip: bool, scratch: Path) -> tuple[float, float]:
-    """``(gain of fine-tuning after cut over the linear head, seconds)``: both trained by ``train`` on the
-    sample for ``PILOT_EPOCHS`` epochs, scored on its validation images."""
+def _pilot(cfg: TrainConfig, sampled: DataSplits, row, cut: int, flip: bool, scratch: Path,
+           robust: bool) -> tuple[dict, float]:
+    """``({"clean": gain, "robust": gain}, seconds)``: the gain of fine-tuning after ``cut`` over the
+    linear head, both trained by ``train`` on the sample for ``PILOT_EPOCHS`` epochs and scored on its
+    validation images (and, with ``robust``, on those under the corruptions of plan/shift.py)."""
     began = time.monotonic()
-    scores = {}
+    clean, shifted = {}, {}
     for name, freeze in (("head", "backbone"), ("finetune", str(cut))):
         settings = replace(cfg, model=row.model, image_size=row.size, freeze=freeze, head="linear",
                            epochs=PILOT_EPOCHS, augment="flip" if flip and freeze != "backbone" else "none",
                            calibrate=False, out=str(scratch / name), quiet=True, train_limit=0, shots=0)
-        scores[name] = train(settings, splits=sampled)["metrics"]["top1"]  # the best epoch, on val (no test)
-    return scores["finetune"] - scores["head"], time.monotonic() - began
+        result = train(settings, splits=sampled)
+        clean[name] = result["metrics"]["top1"]  # the best epoch, on val (the sample has no test split)
+        if robust:
+            shifted[name] = corruption_eval(result["run_dir"], SEVERITY, ",".join(CORRUPTIONS), splits=sampled,
+                                            split="val", cache_dir=cfg.cache_dir or None)["mean_top1"]
+    gains = {"clean": clean["finetune"] - clean["head"]}
+    if robust:
+        gains["robust"] = shifted["finetune"] - shifted["head"]
+    return gains, time.monotonic() - began
 
 
 def plan_and_train(cfg: TrainConfig, budget: float, models: list[str] | None = None, sizes: list[int] | None = None,
-                   splits: DataSplits | None = None, clock: Callable[[], float] = time.monotonic) -> dict:
-    """Everything ``train --budget`` does; returns what ``train`` returns, plus the plan."""
+                   splits: DataSplits | None = None, clock: Callable[[], float] = time.monotonic,
+                   robust: float = 0.0) -> dict:
+    """Everything ``train --budget`` does; returns what ``train`` returns, plus the plan. ``robust``:
+    the weight of accuracy under corruptions in the choice (plan/shift.py)."""
     t0 = clock()
     deadline = t0 + budget
     splits = limit_training_images(splits if splits is not None else load_data(cfg.data, cfg.seed), cfg)
     candidates = candidates_for(models or offline_models(), sizes or list(DEFAULT_SIZES))
     flip = cfg.data not in NO_FLIP
-    ranked = rank(cfg, splits, candidates, sample=sample_size(budget), time_limit=budget * RANK_SHARE, clock=clock)
+    ranked = rank(cfg, splits, candidates, sample=sample_size(budget), time_limit=budget * RANK_SHARE, clock=clock,
+                  robust=robust)
     sizes_ = Sizes(len(splits.train), len(splits.val) if splits.val is not None else 0,
                    len(splits.test) if splits.test is not None else 0)
     fixed = costs.Fixed()
@@ -90,17 +104,18 @@ def plan_and_train(cfg: TrainConfig, budget: float, models: list[str] | None = N
         if clock() - t0 + predicted <= budget * (RANK_SHARE + PILOT_SHARE):
             scratch = Path(tempfile.mkdtemp(prefix="transferkit-pilot-"))
             try:
-                gain, seconds = _pilot(cfg, sampled, best, cut, flip, scratch)
+                gains, seconds = _pilot(cfg, sampled, best, cut, flip, scratch, robust > 0)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
-            pilots[(best.model, best.size, cut)] = gain
+            pilots[(best.model, best.size, cut)] = gains
+            shifted = f", {gains['robust']:+.2%} under corruptions" if "robust" in gains else ""
             pilot_note = (f"pilot: {best.model}@{best.size} --freeze {cut} on {n:,} images, {PILOT_EPOCHS} epochs: "
-                          f"{gain:+.2%} over its linear head, {seconds:.0f} s")
+                          f"{gains['clean']:+.2%} over its linear head{shifted}, {seconds:.0f} s")
         else:
             pilot_note = f"no pilot: predicted {predicted:.0f} s, more than the measuring share left"
     log(pilot_note)
     spent = clock() - t0
-    plan = choose(ranked.rows, sizes_, deadline - clock(), budget, spent, fixed, pilots, flip)
+    plan = choose(ranked.rows, sizes_, deadline - clock(), budget, spent, fixed, pilots, flip, robust)
     for line in plan.reasons:
         log(f"plan: {line}")
     chosen = plan.chosen

@@ -93,14 +93,22 @@ def head_recipes(rows, sizes: Sizes, fixed: costs.Fixed) -> list[Recipe]:
     return out
 
 
-def finetune_recipes(rows, pilots: dict, sizes: Sizes, fixed: costs.Fixed, left: float, flip: bool) -> list[Recipe]:
-    """``pilots``: ``{(model, size, cut): gain over the linear head}`` measured on the sample."""
+def finetune_recipes(rows, pilots: dict, sizes: Sizes, fixed: costs.Fixed, left: float, flip: bool,
+                     robust: float = 0.0) -> list[Recipe]:
+    """``pilots``: ``{(model, size, cut): {"clean": gain, "robust": gain}}`` over the linear head, measured
+    on the sample (``robust``: under corruptions; blended with weight ``robust`` as rank does)."""
     out = []
     for r in rows:
         for cut, back_rate in sorted(r.train_rates.items(), reverse=True):
-            gain = pilots.get((r.model, r.size, cut))
-            if gain is None:
+            gains = pilots.get((r.model, r.size, cut))
+            if gains is None:
                 continue
+            clean = r.heads["linear"] + gains["clean"]
+            expected, why = clean, f"linear head {r.heads['linear']:.2%} + the pilot's gain {gains['clean']:+.2%}"
+            if robust and "robust" in gains and "linear" in r.robust:
+                shifted = r.robust["linear"] + gains["robust"]
+                expected = (1 - robust) * clean + robust * shifted
+                why += f"; under corruptions {r.robust['linear']:.2%} {gains['robust']:+.2%}, weight {robust:g}"
             views = 2 if flip else 1
             per_epoch = costs.partial_seconds(sizes.all, sizes.train, sizes.val, 1, r.engine_rate, back_rate, views,
                                               fixed) - costs.partial_seconds(sizes.all, sizes.train, sizes.val, 0,
@@ -109,16 +117,15 @@ def finetune_recipes(rows, pilots: dict, sizes: Sizes, fixed: costs.Fixed, left:
             epochs = int(min(MAX_EPOCHS, (left / SAFETY - base) // max(per_epoch, 1e-9)))
             epochs = max(epochs, MIN_EPOCHS)
             out.append(Recipe(r.model, r.size, str(cut), "linear", epochs, "flip" if flip else "none",
-                              expected=r.heads["linear"] + gain, seconds=base + epochs * per_epoch,
-                              why=f"linear head {r.heads['linear']:.2%} + the pilot's gain {gain:+.2%}"))
+                              expected=expected, seconds=base + epochs * per_epoch, why=why))
     return out
 
 
 def choose(rows, sizes: Sizes, left: float, budget: float, spent: float, fixed: costs.Fixed | None = None,
-           pilots: dict | None = None, flip: bool = True) -> Plan:
+           pilots: dict | None = None, flip: bool = True, robust: float = 0.0) -> Plan:
     """The recipe with the highest expected accuracy that fits in ``left`` seconds."""
     fixed = fixed or costs.Fixed()
-    recipes = head_recipes(rows, sizes, fixed) + finetune_recipes(rows, pilots or {}, sizes, fixed, left, flip)
+    recipes = head_recipes(rows, sizes, fixed) + finetune_recipes(rows, pilots or {}, sizes, fixed, left, flip, robust)
     recipes.sort(key=lambda r: (-r.expected, r.seconds))
     fits = [r for r in recipes if r.seconds * SAFETY <= left]
     if not fits:

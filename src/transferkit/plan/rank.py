@@ -25,7 +25,8 @@ from transferkit.core.progress import log
 from transferkit.data.specs import DataSplits, stratified_split
 from transferkit.models.registry import list_models
 from transferkit.plan import costs
-from transferkit.plan.scores import head_scores, logme
+from transferkit.plan.scores import head_scores, logme, scored_on
+from transferkit.plan.shift import corrupted_validation
 from transferkit.train.features import backbone_features
 
 DEFAULT_SIZES = (96, 160, 224)
@@ -131,6 +132,8 @@ def sample_splits(splits: DataSplits, sample: int, seed: int) -> tuple[DataSplit
 
 def score_candidate(cfg: TrainConfig, sampled: DataSplits, mode: str, seed: int, progress=None,
                     shifted: Callable | None = None) -> Ranked:
+    """``shifted(DataFeatures) -> (features, labels) | None``: shifted views of the validation images
+    (plan/shift.py), on which the heads are also scored (``Ranked.robust``)."""
     """Features of the sample through the candidate, then the heads, LogME and the engine's speed."""
     start = time.perf_counter()
     got = backbone_features(cfg, sampled, progress=progress)
@@ -143,11 +146,13 @@ def score_candidate(cfg: TrainConfig, sampled: DataSplits, mode: str, seed: int,
         holdout = (np.arange(len(y_train)), np.arange(len(y_train), len(y)))
     else:
         x, y, holdout = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), None
-    extra = shifted(got, cfg) if shifted else None
-    scores = head_scores(x, y, classes, seed, holdout, extra)
+    scores = head_scores(x, y, classes, seed, holdout)
     head, accuracy = scores.best()
     heads = {"linear": scores.linear, f"knn:{scores.knn_k}": scores.knn, "prototype": scores.prototype}
-    robust = scores.per_fold.get("shifted", {})
+    robust = {}
+    if shifted is not None and (views := shifted(got)) is not None:
+        # Heads fitted on the sample's training images only, scored on its shifted validation images.
+        robust = scored_on(x_train, y_train, *views, classes, scores.knn_k, scores.linear_c)
     stages = len(got.tm.layout.stages)
     # Fine-tuning the last block (or two) starts from the cache at these cuts: timed here, on this machine.
     rates = {cut: rate for cut in (stages - 1, stages - 2) if cut >= 1
@@ -157,13 +162,17 @@ def score_candidate(cfg: TrainConfig, sampled: DataSplits, mode: str, seed: int,
 
 
 def rank(cfg: TrainConfig, splits: DataSplits, candidates: list[Candidate], sample: int = DEFAULT_SAMPLE,
-         time_limit: float | None = None, robust: float = 0.0, shifted: Callable | None = None,
-         clock: Callable[[], float] = time.monotonic, progress=None) -> RankResult:
+         time_limit: float | None = None, robust: float = 0.0, clock: Callable[[], float] = time.monotonic,
+         progress=None) -> RankResult:
     """Score ``candidates`` on a sample of ``splits``; ``cfg`` gives everything but model and size.
 
     ``time_limit`` (seconds): a candidate whose predicted cost would pass it is skipped. ``robust``
-    in [0, 1] blends the accuracy on ``shifted`` views of the held-out images into the sort key.
+    in [0, 1] blends the accuracy on corrupted views of the held-out images (plan/shift.py) into
+    the sort key.
     """
+    if not 0 <= robust <= 1:
+        raise UserError(f"--robust {robust}: give a weight between 0 and 1")
+    shifted = corrupted_validation if robust > 0 else None
     began = clock()
     sampled, mode = sample_splits(splits, sample, cfg.seed)
     n = sum(len(s) for s in (sampled.train, sampled.val) if s is not None)

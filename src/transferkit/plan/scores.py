@@ -17,7 +17,7 @@ here from the paper's equations.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -84,7 +84,6 @@ class HeadScores:
     knn_k: int
     linear_c: float
     n: int                                  # held-out predictions behind each number
-    per_fold: dict = field(default_factory=dict)
 
     def best(self) -> tuple[str, float]:
         """``(head spec, accuracy)`` of the best head, as ``--head`` spells it."""
@@ -158,14 +157,10 @@ def _splits(labels: np.ndarray, holdout: tuple | None, seed: int):
 
 
 def head_scores(features: np.ndarray, labels: np.ndarray, classes: int, seed: int = 0,
-                holdout: tuple | None = None, extra_tests: dict | None = None) -> HeadScores:
+                holdout: tuple | None = None) -> HeadScores:
     """Accuracy of the three heads, cross-validated (stratified folds), or on ``holdout`` = (train rows,
     test rows) when the data brings a validation split. Each head's setting (k, C) is the one with
     the best pooled held-out accuracy: the same choice the user would make from these numbers.
-
-    ``extra_tests``: ``{name: (features, labels)}`` scored by the heads fitted on all of ``features``
-    (e.g. corrupted views of the validation images: the robustness term of the choice), reported in
-    ``per_fold[name]`` with the same settings.
     """
     x = np.asarray(features, dtype=np.float32)
     y = np.asarray(labels, dtype=np.int64)
@@ -183,13 +178,12 @@ def head_scores(features: np.ndarray, labels: np.ndarray, classes: int, seed: in
         n += len(test_rows)
     best_k = max(knn, key=lambda k: (knn[k], -k))
     best_c = max(lin, key=lambda c: (lin[c], -abs(math.log10(c))))
-    scores = HeadScores(lin[best_c] / n, knn[best_k] / n, proto / n, best_k, best_c, n)
-    for name, (tx, ty) in (extra_tests or {}).items():
-        scores.per_fold[name] = _scored_on(x, y, np.asarray(tx, np.float32), np.asarray(ty), classes, best_k, best_c)
-    return scores
+    return HeadScores(lin[best_c] / n, knn[best_k] / n, proto / n, best_k, best_c, n)
 
 
-def _scored_on(x, y, tx, ty, classes, k, c) -> dict:
+def scored_on(x, y, tx, ty, classes: int, k: int, c: float) -> dict:
+    """Accuracy on ``(tx, ty)`` of each head fitted on all of ``(x, y)`` with settings ``k`` and ``c``."""
+    x, tx, y, ty = np.asarray(x, np.float32), np.asarray(tx, np.float32), np.asarray(y), np.asarray(ty)
     center = x.mean(0)
     tz, sz = cl2n(x, center), cl2n(tx, center)
     n = max(len(ty), 1)

@@ -13,13 +13,14 @@ model or of threads already running here, and OpenCV starts clean in each. The i
 """
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
 
-from transferkit.data.corrupt.imagenet_c import corrupt_many, image_seed, start_worker
+from transferkit.data.corrupt.imagenet_c import corrupt_many, image_seed, library, start_worker
 from transferkit.data.imagecache import decode_workers
 from transferkit.data.transforms import Preprocess, resize
 
@@ -83,6 +84,13 @@ class Corrupted:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def fingerprint(self, labels: bool = True) -> str:
+        """The clean images' fingerprint, the corruption, its seeds and the library: a cache key part
+        (every corrupted image is a fixed function of these)."""
+        places = hashlib.sha256(self.positions.tobytes()).hexdigest()[:16]
+        return (f"{self.images.fingerprint(labels=labels)}|corrupted:{self.name}:{self.severity}:{self.seed}:{places}:"
+                f"{self.pre.key()}:{library()}")
 
     def batch(self, index: torch.Tensor) -> torch.Tensor:
         index = torch.as_tensor(index, dtype=torch.long)
