@@ -5,6 +5,6 @@ from transferkit.data.check import check_data, format_report
 
 
 def run(args) -> int:
-    report = check_data(args.spec, max_pixels=args.max_pixels)
+    report = check_data(args.spec, max_pixels=args.max_pixels, workers=args.decode_workers)
     print(json.dumps(report, indent=2) if args.format == "json" else format_report(report))
     return 0 if report["clean"] else 1

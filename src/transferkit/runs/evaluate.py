@@ -19,12 +19,13 @@ from transferkit.data.transforms import first_prepared, prepare
 from transferkit.data.tta import parse_tta, tta_views
 from transferkit.engine.batches import Batches
 from transferkit.engine.loop import predict_logits
+from transferkit.engine.optim import device_precision
 from transferkit.runs.calibration import average_probabilities, probabilities, run_temperature
 from transferkit.runs.history import append_eval_row
 from transferkit.runs.inference import classifier_engine, engine_settings
 from transferkit.runs.metrics import score, score_probs
 from transferkit.runs.rundir import load_run
-from transferkit.runtimes.choose import SAMPLE, stays_in_torch
+from transferkit.runtimes.choose import SAMPLE, engine_device, in_torch, stays_in_torch
 
 
 def class_index_map(data_classes: list[str], run_classes: list[str]) -> torch.Tensor:
@@ -69,20 +70,22 @@ def save_outputs(run_dir: str | Path, split: str, probs: torch.Tensor, labels: t
 def evaluate_run(run_dir: str, data: str | None = None, split: str = "test", device: str = "auto",
                  batch_size: int = 128, progress=None, max_pixels: int | None = None, splits=None,
                  skip_bad: bool = False, tta: str | None = None, cache_dir: str | None = None,
-                 backend: str = "auto", precision: str = "fp32", threads: int = 0) -> dict:
+                 backend: str = "auto", precision: str = "fp32", threads: int = 0, decode_workers: int = 0) -> dict:
     """Score ``run_dir`` on ``split`` of ``data`` (the run's own data when None); ``splits``: ready
     DataSplits from the Python API instead of a spec. Probabilities go through the run's temperature;
     ``tta`` (flip, crops, flip,crops) averages them over views. Under torchrun each process scores a
     share of the split, all get the whole result, and rank 0 writes the files. ``backend``,
-    ``precision``, ``threads``: the CPU engine (runtimes/choose.py)."""
+    ``precision``, ``threads``: the CPU engine (runtimes/choose.py), or on a GPU fp32|bf16|fp16 in
+    torch; ``decode_workers``: processes decoding files into the decoded-image cache (0: the default)."""
     kinds = parse_tta(tta)  # a mistake in --tta stops before anything loads
+    device = engine_device(device, backend, precision)  # CPU engines run on the CPU
     with dist.scope():
         return _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, kinds,
-                             cache_dir, engine_settings(backend, precision, threads, cache_dir))
+                             cache_dir, engine_settings(backend, precision, threads, cache_dir), decode_workers)
 
 
 def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, kinds, cache_dir,
-                  settings) -> dict:
+                  settings, decode_workers) -> dict:
     tm, pre, classes, run = load_run(run_dir)
     spec = splits.spec if splits is not None else data or run["config"]["data"]
     splits = splits if splits is not None else load_data(spec, run["config"].get("seed", 0))
@@ -91,9 +94,10 @@ def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels
     if split == "test" and splits.test is None:
         split = "val"  # data without a test split is scored on val: name it so everywhere
     dev = dist.setup(device)  # before decoding: under torchrun the processes decode their shares together
+    settings = replace(settings, precision=device_precision(dev, settings.precision))
     imageset = decode_splits({split: imageset}, pre.size, pre.interpolation, skip_bad=skip_bad, progress=progress,
                              max_pixels=max_pixels or run["config"].get("max_pixels", DEFAULT_MAX_PIXELS),
-                             cache=DataCache.from_settings(run["config"], dev, cache_dir))[split]
+                             cache=DataCache.from_settings(run["config"], dev, cache_dir, decode_workers))[split]
     net, channels_last = on_engine(tm, pre, run, classes, imageset, dev, settings)
     temperature, views = run_temperature(run), tta_views(kinds)
     batches = Batches(imageset, batch_size, rank=dist.rank(), world=dist.world())
@@ -128,7 +132,7 @@ def on_engine(tm, pre, run: dict, classes: list[str], imageset, dev, settings):
         return choice.engine, False
     net = tm.net.to(dev)
     channels_last = uses_convolutions(net)
-    return (net.to(memory_format=torch.channels_last) if channels_last else net), channels_last
+    return in_torch(net.to(memory_format=torch.channels_last) if channels_last else net, settings.precision), channels_last
 
 
 def format_table(result: dict) -> str:
