@@ -65,7 +65,7 @@ def ours(images, labels, epochs: int, batch_size: int) -> dict:
     from transferkit.data.transforms import Preprocess, prepare
     from transferkit.engine.batches import Batches
     from transferkit.engine.loop import StepState, train_one_epoch
-    from transferkit.engine.optim import amp_dtype, autocast_for, make_optimizer, warmup_cosine
+    from transferkit.engine.optim import amp_dtype, autocast_for, device_precision, make_optimizer, warmup_cosine
     from transferkit.models.freeze import apply_freeze, param_groups, plan_freeze, train_mode
     from transferkit.models.transfer import create_model
 
@@ -77,7 +77,7 @@ def ours(images, labels, epochs: int, batch_size: int) -> dict:
     batches = Batches(TensorImages(images, labels, [str(i) for i in range(10)], "synthetic"), batch_size, shuffle=True)
     optimizer = make_optimizer("adamw", param_groups(net, tm.layout, 1e-3, 0.05, 1.0), 1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(epochs * len(batches), len(batches)))
-    precision = amp_dtype(device, "auto")
+    precision = amp_dtype(device, device_precision(device, "auto"))
     scaler = torch.amp.GradScaler("cuda") if precision == torch.float16 else None
     state, times = StepState(), []
     for epoch in range(epochs):

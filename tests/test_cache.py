@@ -65,8 +65,8 @@ def test_partial_or_stale_cache_is_rebuilt(tmp_path, image_folder, capsys):
 
 def test_cached_and_plain_training_agree(tmp_path, image_folder, capsys):
     train(capsys, image_folder, tmp_path / "cached", "--cache-dir", str(tmp_path / "cache"))
-    plain = train(capsys, image_folder, tmp_path / "plain", "--no-cache")
-    assert "off (--no-cache)" in plain
+    plain = train(capsys, image_folder, tmp_path / "plain", "--no-feature-cache")
+    assert "off (--no-feature-cache)" in plain
     a = load_torch_file(tmp_path / "cached" / "checkpoints" / "last.pt")["model"]
     b = load_torch_file(tmp_path / "plain" / "checkpoints" / "last.pt")["model"]
     assert torch.equal(a["conv1.weight"], b["conv1.weight"])  # the frozen part never moved
@@ -85,7 +85,7 @@ def test_random_flips_through_the_cache_train_as_the_plain_loop(tmp_path, image_
     line = train(capsys, image_folder, tmp_path / "cached", *cache, "--augment", "flip")
     assert "random flips from mirrored copies" in line and "built 22 images" in line  # 10 train x 2 + 2 val
     assert "reused 22 images" in train(capsys, image_folder, tmp_path / "again", *cache, "--augment", "flip")
-    train(capsys, image_folder, tmp_path / "plain", "--augment", "flip", "--no-cache")
+    train(capsys, image_folder, tmp_path / "plain", "--augment", "flip", "--no-feature-cache")
     train(capsys, image_folder, tmp_path / "unflipped", *cache)
     fc = {r: load_torch_file(tmp_path / r / "checkpoints" / "last.pt")["model"]["fc.weight"]
           for r in ("cached", "plain", "unflipped")}

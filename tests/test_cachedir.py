@@ -27,21 +27,35 @@ from transferkit.core.safeio import load_torch_file
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 BUILDER = textwrap.dedent("""
+    import os
     import sys
     from pathlib import Path
     from transferkit.core import cachedir
 
     root, payload = Path(sys.argv[1]), sys.argv[2].encode()
+    events = Path(sys.argv[3]) if len(sys.argv) > 3 else None  # "start PID" / "end PID" of each build, appended
     entry = cachedir.Entry(root, "images", "k")
+
+    def note(what):
+        if events:
+            with open(events, "a") as f:
+                f.write(f"{what} {os.getpid()}\\n")
+
+    def create(partial):
+        note("start")
+        partial.write_bytes(bytes(len(payload)))
 
     def fill(partial, _info):
         with open(partial, "r+b") as f:
             f.write(payload)
         return len(payload)
 
+    def finish(info, shares):
+        note("end")
+        return {"n": sum(shares), "about": "test"}
+
     meta, built = cachedir.build(entry, "data.bin", complete=lambda meta, path: path.stat().st_size == len(payload),
-                                 create=lambda partial: partial.write_bytes(bytes(len(payload))), fill=fill,
-                                 finish=lambda info, shares: {"n": sum(shares), "about": "test"}, what="test cache")
+                                 create=create, fill=fill, finish=finish, what="test cache")
     print("built" if built else "reused", entry.data_path(meta).read_text())
 """)
 
@@ -77,10 +91,11 @@ def start(args: list[str], cwd: Path, pause: Path | None = None) -> subprocess.P
                             text=True)
 
 
-def wait_until_building(proc: subprocess.Popen, pause: Path, timeout: float = 120) -> None:
-    """Until the paused builder holds its lock and partial file (it writes a marker file then)."""
+def wait_until_building(proc: subprocess.Popen, pause: Path, timeout: float = 120, doing: str = "building") -> None:
+    """Until the paused builder holds its lock and partial file (it writes a marker file then);
+    ``doing="clearing"``: until a paused `cache clear` holds an entry's lock."""
     deadline = time.monotonic() + timeout
-    while not list(pause.glob("building-*")):
+    while not list(pause.glob(f"{doing}-*")):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "the builder never started building"
         time.sleep(0.01)
@@ -177,7 +192,67 @@ def test_cache_list_and_clear_skip_an_entry_being_built(tmp_path, capsys):
     assert not (root / "images" / "a").exists()
     assert main(["cache", "clear", "--cache-dir", str(root), "--kind", "images"]) == 0
     assert "removed 1 cache entry" in capsys.readouterr().out
-    assert list((root / "images").iterdir()) == []  # entries and their lock files
+    assert sorted(p.name for p in (root / "images").iterdir()) == ["a.lock", "b.lock"]  # the lock files stay
+    assert main(["cache", "list", "--cache-dir", str(root)]) == 0
+    assert "images: 0 entries" in capsys.readouterr().out  # and are not entries
+
+
+def test_cache_clear_keeps_the_lock_so_a_waiter_never_builds_beside_a_holder(tmp_path, capsys):
+    """`cache clear` used to delete the lock file of each entry it removed, while holding it. A process
+    already waiting on that lock could then lock the deleted file while a third process created and
+    locked a new one, and both would build the entry at once (recent filelock releases re-check the
+    file after locking; those the project allows, >= 3.12, leave a window). Now the lock file stays.
+    Real processes, ordered by files: clear pauses holding the lock of an unfinished entry; a builder
+    W waits on it; clear finishes; W builds, paused halfway; a builder H starts. The lock file at the
+    path must still be the one W waited on, H must wait for W, and no two builds may overlap."""
+    script, root, events = tmp_path / "build.py", tmp_path / "cache", tmp_path / "events.txt"
+    script.write_text(BUILDER)
+    pauses = {name: tmp_path / f"pause-{name}" for name in ("clear", "w", "h")}
+    for folder in pauses.values():
+        folder.mkdir()
+    entry = cachedir.Entry(root, "images", "k")
+    entry.folder.mkdir(parents=True)
+    (entry.folder / "data.bin.somehost-1-ab.partial").write_bytes(b"left by a stopped run")  # unfinished: no meta
+
+    clear = start(["-m", "transferkit", "cache", "clear", "--cache-dir", str(root)], tmp_path, pauses["clear"])
+    wait_until_building(clear, pauses["clear"], doing="clearing")
+    # The lock file W waits on, held open here so that its inode number cannot be reused.
+    waited_on = os.open(entry.lock_path, os.O_RDONLY)
+    waiter = start([str(script), str(root), "two", str(events)], tmp_path, pauses["w"])
+    waiter_err = Lines(waiter)
+    waiter_err.wait_for("waiting for another process that is building the test cache")
+    (pauses["clear"] / "go").touch()
+    out, err = clear.communicate(timeout=120)
+    assert clear.returncode == 0 and "removed 1 cache entry" in out, err
+    wait_until_building(waiter, pauses["w"])  # W holds the lock now, halfway through its build
+    try:  # clear left the lock file in place: the one at the path is still the one W waited on
+        assert os.path.samestat(os.fstat(waited_on), os.stat(entry.lock_path))
+    finally:
+        os.close(waited_on)
+
+    third = start([str(script), str(root), "six", str(events)], tmp_path, pauses["h"])
+    third_err = Lines(third)
+    deadline = time.monotonic() + 120
+    while not list(pauses["h"].glob("building-*")) and not any("waiting for another" in s for s in third_err.seen):
+        assert third.poll() is None and time.monotonic() < deadline, third_err.rest()
+        try:
+            third_err.seen.append(third_err._queue.get(timeout=0.05))
+        except queue.Empty:
+            pass
+    for folder in (pauses["w"], pauses["h"]):
+        (folder / "go").touch()
+    out_w, _ = waiter.communicate(timeout=120)
+    out_h, _ = third.communicate(timeout=120)
+    marks = events.read_text().split()
+    starts_and_ends = list(zip(marks[0::2], marks[1::2]))
+    running = []
+    for what, pid in starts_and_ends:  # no build starts while another one is running
+        assert what == "end" or not running, f"two builds at once: {starts_and_ends}"
+        running = running + [pid] if what == "start" else [p for p in running if p != pid]
+    assert waiter.returncode == 0 and third.returncode == 0, waiter_err.rest() + third_err.rest()
+    assert out_w.strip() == "built two" and out_h.strip() == "reused two"
+    assert main(["cache", "list", "--cache-dir", str(root), "--format", "json"]) == 0
+    assert [e["key"] for e in json.loads(capsys.readouterr().out)["entries"]] == ["k"]  # the lock is no entry
 
 
 CONVERTER = textwrap.dedent("""

@@ -118,7 +118,7 @@ def test_streamed_batches_come_in_order_and_the_reader_stops_with_its_consumer()
 
 
 BASE = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--epochs", "2", "--batch-size", "4",
-        "--quiet", "--seed", "3", "--freeze", "none", "--no-cache"]
+        "--quiet", "--seed", "3", "--freeze", "none", "--no-feature-cache"]
 
 
 def test_streamed_training_is_the_in_memory_training(tmp_path, image_folder, capsys):

@@ -28,7 +28,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 HEAD_ONLY = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "4",
              "--epochs", "3", "--seed", "3", "--quiet"]
 # The whole network trains (BatchNorm in train mode, no cache), slowly enough to be killed mid-run.
-FULL = ["--model", "resnet18", "--weights", "none", "--freeze", "none", "--no-cache", "--image-size", "32",
+FULL = ["--model", "resnet18", "--weights", "none", "--freeze", "none", "--no-feature-cache", "--image-size", "32",
         "--batch-size", "4", "--epochs", "4", "--checkpoint-every", "2", "--seed", "5", "--quiet"]
 
 AUDIT = textwrap.dedent("""

@@ -87,7 +87,7 @@ def test_data_check_suggests_weights_and_the_sampler(skewed):
 
 def test_weighted_and_balanced_training_resumes_exactly(skewed, tmp_path, monkeypatch, capsys):
     args = ["--data", str(skewed), *TINY_TRAIN, "--epochs", "2", "--class-weights", "balanced", "--sampler", "balanced",
-            "--checkpoint-every", "2", "--freeze", "none", "--no-cache", "--seed", "5"]
+            "--checkpoint-every", "2", "--freeze", "none", "--no-feature-cache", "--seed", "5"]
     reference = tmp_path / "reference"
     snapshot_at(monkeypatch, 4, reference, tmp_path / "interrupted")  # steps 2, 4, epoch end, step 6: inside epoch 2
     assert main(["train", "--out", str(reference), *args]) == 0

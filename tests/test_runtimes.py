@@ -298,7 +298,7 @@ def test_serve_with_backend_openvino(runs, monkeypatch):
 def test_export_openvino_round_trip(runs, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(runs["root"] / "xdg"))
     run, image = runs["root"] / "torch", next((runs["images"] / "dog").glob("*.png"))
-    assert main(["export", str(run), "--format", "openvino"]) == 0
+    assert main(["export", str(run), "--format", "openvino-ir"]) == 0
     assert "model.xml" in capsys.readouterr().out and (run / "model.bin").is_file()
     sidecar = json.loads((run / "model.xml.json").read_text())
     assert sidecar["precision"] == "fp32" and sidecar["classes"] == ["cat", "dog", "owl"]

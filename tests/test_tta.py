@@ -5,8 +5,10 @@ import json
 
 import pytest
 import torch
+from conftest import need_extra
 
 from transferkit.cli import main
+from transferkit.cli.parser import build_parser
 from transferkit.core.errors import UserError
 from transferkit.data.tta import parse_tta, tta_views
 from transferkit.runs.calibration import average_probabilities, probabilities
@@ -48,3 +50,36 @@ def test_eval_and_predict_take_tta(tiny_run, image_folder, capsys):
     assert sum(probs) == pytest.approx(1, abs=1e-4)
     assert main(["predict", str(tiny_run), str(image), "--tta", "spin"]) == 2
     assert "--tta spin" in capsys.readouterr().err
+
+
+def test_serve_takes_tta_as_predict_does(tiny_run, image_folder, capsys):
+    """`serve` had no --tta although eval and predict did: it averages the same views after the same
+    temperature, so a served answer equals `predict --tta` for the same image, and /metadata says so."""
+    need_extra("fastapi", "serve")
+    need_extra("httpx", "dev")
+    from fastapi.testclient import TestClient
+
+    from transferkit.deploy.serve import Service, create_app
+
+    assert build_parser().parse_args(["serve", str(tiny_run), "--tta", "flip,crops"]).tta == "flip,crops"
+    assert main(["serve", str(tiny_run), "--tta", "spin"]) == 2  # refused before the model loads
+    assert "--tta spin" in capsys.readouterr().err
+    image = sorted(image_folder.rglob("*.png"))[0]
+
+    def served(service) -> list[dict]:
+        with TestClient(create_app(service)) as client:
+            assert client.get("/metadata").json()["tta"] == list(service.tta)
+            answer = client.post("/predict", content=image.read_bytes())
+            assert answer.status_code == 200, answer.text
+            return answer.json()["predictions"]
+
+    def predicted(*flags) -> list[dict]:
+        capsys.readouterr()
+        assert main(["predict", str(tiny_run), str(image), "--format", "json", "--quiet", *flags]) == 0
+        return json.loads(capsys.readouterr().out)[0]["predictions"]
+
+    with_views, plain = served(Service.from_run(tiny_run, tta=("flip", "crops"))), served(Service.from_run(tiny_run))
+    for got, want in ((with_views, predicted("--tta", "flip,crops")), (plain, predicted())):
+        assert [p["index"] for p in got] == [p["index"] for p in want]
+        assert all(abs(a["prob"] - b["prob"]) < 1e-5 for a, b in zip(got, want))
+    assert any(abs(a["prob"] - b["prob"]) > 1e-4 for a, b in zip(with_views, plain))  # the views changed the answer

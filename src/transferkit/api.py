@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from transferkit.core.config import TrainConfig
+from transferkit.core.config import RENAMED, TrainConfig
+from transferkit.core.deprecated import rename_settings
 from transferkit.core.devices import pick_device
 from transferkit.core.errors import UserError
 from transferkit.data.readers.pyobjects import dataset_splits, evaluation_splits, fit_size, stack, to_uint8_chw
@@ -44,6 +45,7 @@ def create_model(name: str, num_classes: int, weights: str = "imagenet", head: s
 
 def _config(data_spec: str, model: str, settings: dict):
     known = {f.name for f in fields(TrainConfig)} - {"data", "model"}
+    settings = rename_settings(settings, RENAMED, "fit()")
     unknown = sorted(set(settings) - known)
     if unknown:
         raise UserError(f"fit() got unknown settings {unknown}; settings are the train flags with underscores: "

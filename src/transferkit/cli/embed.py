@@ -19,7 +19,7 @@ def run(args) -> int:
     result = embed(source, data, args.out, from_run, args.device, progress=make_progress(args.quiet), seed=args.seed,
                    skip_bad=args.skip_bad, weights=args.weights or "imagenet", backend=args.backend,
                    precision=args.precision, threads=args.threads, cache_dir=args.cache_dir,
-                   allow_outside_paths=args.allow_outside_paths)
+                   allow_outside_paths=args.allow_outside_paths, decode_workers=args.decode_workers)
     if not is_main():  # under torchrun rank 0 writes and prints
         return 0
     print(f"wrote {result['n']:,} embeddings of dimension {result['dim']} to {result['out']}")

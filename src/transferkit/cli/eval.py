@@ -19,7 +19,7 @@ def run(args) -> int:
     result = evaluate_run(args.run_dir, args.data, args.split, args.device, progress=make_progress(args.quiet),
                           skip_bad=args.skip_bad, tta=args.tta, cache_dir=args.cache_dir, backend=args.backend,
                           precision=args.precision, threads=args.threads,
-                          allow_outside_paths=args.allow_outside_paths)
+                          allow_outside_paths=args.allow_outside_paths, decode_workers=args.decode_workers)
     if not is_main():  # under torchrun rank 0 prints and writes
         return 0
     print(json.dumps(result, indent=2) if args.format == "json" else format_table(result))

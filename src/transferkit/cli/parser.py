@@ -8,6 +8,7 @@ import argparse
 
 from transferkit import __version__
 from transferkit.core.config import add_arguments
+from transferkit.core.deprecated import renamed_value
 
 # For every command that loads a run: a run trained on users' code stores that code and runs it.
 TRUSTED_RUN = ("a run directory. A run trained on your own model, head or plugin code keeps that code in "
@@ -44,20 +45,24 @@ WEIGHTS_HELP = ("with --model: imagenet (default: ImageNet weights, those alread
 ENGINES = ("auto", "torch", "onnxruntime", "openvino")
 EXPORTED = ("onnx", "torchscript", "openvino-ir")  # files `transferkit export` wrote into RUN_DIR
 BACKEND_HELP = ("engine of the frozen forward pass on the CPU: auto (default: the fastest installed one that matches "
-                "torch within 1e-4 on your images; torch for jobs under 64 images) | torch | onnxruntime | openvino "
-                "(the model converted once and cached beside the feature cache)")
-EXPORTED_HELP = ("; or run a file `transferkit export` wrote into RUN_DIR: onnx (model.onnx on onnxruntime), "
-                 "torchscript (model.torchscript), openvino-ir (model.xml)")
+                "torch within 1e-4 on your images; torch for jobs under 64 images; on a GPU, torch) | torch | "
+                "onnxruntime | openvino (the run's weights converted once and cached beside the feature cache). The "
+                "engines run on the CPU: with --device auto a command that names one runs there")
+EXPORTED_HELP = ("; or a file `transferkit export --format F` wrote into RUN_DIR, by the same name F: onnx (model.onnx on "
+                 "onnxruntime), torchscript (model.torchscript), openvino-ir (model.xml on OpenVINO)")
+PRECISION_HELP = ("fp32 (default, exact) | bf16 | fp16 | int8. On a CUDA GPU bf16 and fp16 are autocast; on the CPU "
+                  "bf16 and int8 (calibrated on the run's training images) are the engine's, kept only if, on the "
+                  "validation split, top-1 agreement with fp32 is >= 99%% and accuracy drops <= 0.5 points, else "
+                  "refused with the numbers (exit 2). fp16 needs a GPU; int8 runs on the CPU")
+DECODE_WORKERS_HELP = ("processes that decode image files into the decoded-image cache (default 0: "
+                       "$TRANSFERKIT_DECODE_WORKERS if set, else every core); given, it wins over the variable")
 
 
 def add_engine_flags(p, exported: bool = False) -> None:
     """--backend, --precision, --threads: the same meaning in every command that runs a frozen network."""
     p.add_argument("--backend", choices=ENGINES + (EXPORTED if exported else ()), default="auto",
                    help=BACKEND_HELP + (EXPORTED_HELP if exported else ""))
-    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
-                   help="fp32 (default, exact) | bf16 | int8 (calibrated on the run's training images): kept only "
-                        "if, on the validation split, top-1 agreement with fp32 is >= 99%% and accuracy drops <= 0.5 "
-                        "points, else refused with the numbers (exit 2)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default="fp32", help=PRECISION_HELP)
     p.add_argument("--threads", type=int, default=0, help="CPU threads of the engine (default 0: every core)")
 
 
@@ -92,6 +97,8 @@ def _data(sub):
     c.add_argument("--format", choices=("table", "json"), default="table")
     c.add_argument("--max-pixels", type=int, default=None, help="images above this many pixels are reported")
     c.add_argument("--allow-outside-paths", action="store_true", help=OUTSIDE_HELP)
+    c.add_argument("--decode-workers", type=int, default=0, metavar="N",
+                   help="threads that open and inspect the files (default 0: 4)")
     c.set_defaults(module="data")
 
 
@@ -142,6 +149,7 @@ def _eval(sub):
     p.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     p.add_argument("--allow-outside-paths", action="store_true",
                    help=OUTSIDE_HELP + " (for --data; the run's own data is read as the run was)")
+    p.add_argument("--decode-workers", type=int, default=0, metavar="N", help=DECODE_WORKERS_HELP)
     add_engine_flags(p)
     p.add_argument("--corrupt", nargs="?", const="3", metavar="SEVERITY",
                    help="the shift test: score the split clean and under the 15 ImageNet-C corruptions (noise, blur, weather, "
@@ -199,6 +207,7 @@ def _embed(sub):
     p.add_argument("--skip-bad", action="store_true", help="drop unreadable images (and say how many) instead of stopping")
     p.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     p.add_argument("--allow-outside-paths", action="store_true", help=OUTSIDE_HELP)
+    p.add_argument("--decode-workers", type=int, default=0, metavar="N", help=DECODE_WORKERS_HELP)
     p.add_argument("--device", default="auto")
     add_engine_flags(p)
     p.add_argument("--quiet", action="store_true")
@@ -206,17 +215,21 @@ def _embed(sub):
 
 
 def _export(sub):
-    p = add_command(sub, "export", "write the run's model as ONNX or TorchScript (checked against PyTorch) into the run dir",
+    p = add_command(sub, "export", "write the run's model as ONNX, TorchScript or OpenVINO IR (checked against PyTorch) "
+                    "into the run dir; `predict`/`serve --backend F` run the file of format F",
                     "transferkit export runs/pets --format onnx\n"
                     "  transferkit predict runs/pets --backend onnx photo.jpg   # use it\n"
-                    "  transferkit export runs/pets --format openvino --precision int8")
+                    "  transferkit export runs/pets --format openvino-ir --precision int8\n"
+                    "  transferkit serve runs/pets --backend openvino-ir")
     p.add_argument("run_dir")
-    p.add_argument("--format", choices=("onnx", "torchscript", "openvino"), default="onnx",
-                   help="onnx -> RUN_DIR/model.onnx, torchscript -> RUN_DIR/model.torchscript, openvino -> "
-                        "RUN_DIR/model.xml + model.bin (OpenVINO IR) (default onnx)")
+    p.add_argument("--format", choices=EXPORTED, default="onnx", metavar="{" + ",".join(EXPORTED) + "}",
+                   type=renamed_value("--format", {"openvino": "openvino-ir"}),
+                   help="onnx -> RUN_DIR/model.onnx, torchscript -> RUN_DIR/model.torchscript, openvino-ir -> "
+                        "RUN_DIR/model.xml + model.bin (OpenVINO IR) (default onnx); the same names as predict's and "
+                        "serve's --backend")
     p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
-                   help="fp32 (default; checked within 1e-4 of PyTorch) | bf16 (openvino: a precision hint stored "
-                        "with the file) | int8 (onnx, openvino: static quantization calibrated on the run's training "
+                   help="fp32 (default; checked within 1e-4 of PyTorch) | bf16 (openvino-ir: a precision hint stored "
+                        "with the file) | int8 (onnx, openvino-ir: static quantization calibrated on the run's training "
                         "images); reduced precision is written only if, on the validation split, top-1 agreement "
                         "with PyTorch is >= 99%% and accuracy drops <= 0.5 points")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset version (default 17)")
@@ -233,6 +246,7 @@ def _serve(sub):
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, default=8000)
     add_engine_flags(p, exported=True)
+    p.add_argument("--tta", default="none", metavar="VIEWS", help=TTA_HELP)
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the model")
     p.add_argument("--max-bytes", default="10MB", help="largest request body (default 10MB); bigger ones get 413")
     p.add_argument("--max-pixels", type=int, default=50_000_000,

@@ -7,8 +7,9 @@ from transferkit.core.progress import log, make_progress
 from transferkit.data.tta import parse_tta
 from transferkit.deploy.backends import EXPORTED, load_backend, load_pretrained
 from transferkit.deploy.predict import collect_images, format_predictions, is_run_dir, predict_images, sample_images
+from transferkit.engine.optim import device_precision
 from transferkit.runs.inference import engine_settings
-from transferkit.runtimes.choose import Frozen, choose, stays_in_torch
+from transferkit.runtimes.choose import Frozen, choose, engine_device, in_torch, stays_in_torch
 
 
 def run(args) -> int:
@@ -27,17 +28,19 @@ def run(args) -> int:
         raise UserError("--topk must be at least 1")
     tta = parse_tta(args.tta)
     paths = collect_images(inputs)
-    device = pick_device(args.device)
+    device = pick_device(engine_device(args.device, args.backend, args.precision))  # CPU engines run on the CPU
+    precision = device_precision(device, args.precision)
     # predict runs in one process even under torchrun: only a GPU keeps it in torch
-    if device.type != "cpu" and stays_in_torch(device, args.backend, args.precision):
+    if device.type != "cpu" and stays_in_torch(device, args.backend, precision):
         predictor = load_backend(run_dir) if run_dir else load_pretrained(args.model, args.weights or "imagenet")
+        predictor = replace(predictor, module=in_torch(predictor.module, precision))
     elif run_dir:
-        predictor = load_backend(run_dir, args.backend, args.precision, args.threads, "batch",
+        predictor = load_backend(run_dir, args.backend, precision, args.threads, "batch",
                                  lambda pre: sample_images(paths, pre), len(paths))
         log(predictor.message)
     else:
         predictor = load_pretrained(args.model, args.weights or "imagenet")
-        settings = engine_settings(args.backend, args.precision, args.threads, images=len(paths))
+        settings = engine_settings(args.backend, precision, args.threads, images=len(paths))
         # No run, no labelled validation images: the guard refuses reduced precision (one line saying so).
         choice = choose(Frozen(predictor.module, predictor.pre.size, "classifier"),
                         sample_images(paths, predictor.pre), settings, None, "the images to predict")

@@ -2,6 +2,7 @@
 import importlib.util
 
 from transferkit.core.errors import UserError
+from transferkit.data.tta import parse_tta
 from transferkit.deploy.serve import ServeSettings, parse_size, serve
 
 
@@ -23,5 +24,6 @@ def run(args) -> int:
                              max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms)
     if args.threads < 0:
         raise UserError(f"--threads must be 0 (every core) or more, got {args.threads}")
-    serve(args.run_dir, args.host, args.port, args.backend, args.workers, settings, args.precision, args.threads)
+    tta = parse_tta(args.tta)  # a mistake stops before the model loads
+    serve(args.run_dir, args.host, args.port, args.backend, args.workers, settings, args.precision, args.threads, tta)
     return 0

@@ -26,6 +26,10 @@ of the rows, and rank 0 publishes: the work is split, not repeated.
 
 Deleting a cache folder is always safe (``transferkit cache clear`` skips entries being built):
 a later run rebuilds what it needs, and a running one keeps reading the files it opened.
+``cache clear`` leaves the lock files (empty files) where they are: a process waiting on a lock
+holds that file open, and had the file been deleted and made anew by a third process, the
+waiter would lock the old file and build alongside the new holder (filelock's documentation
+warns against deleting lock files for this reason).
 """
 from __future__ import annotations
 
@@ -139,12 +143,12 @@ def _remove_leftovers(entry: Entry) -> None:
     shutil.rmtree(entry.folder)
 
 
-def pause_for_tests(entry: Entry) -> None:
-    """Called by a builder holding the entry's lock (here and in runtimes/store.py)."""
+def pause_for_tests(entry: Entry, doing: str = "building") -> None:
+    """Called holding the entry's lock: by a builder (here and in runtimes/store.py), and by ``cache clear``."""
     folder = os.environ.get(PAUSE_ENV)
     if not folder:
         return
-    Path(folder, f"building-{entry.kind}-{os.getpid()}").write_text(str(entry.folder))
+    Path(folder, f"{doing}-{entry.kind}-{os.getpid()}").write_text(str(entry.folder))
     while not Path(folder, "go").exists():
         time.sleep(0.01)  # polling only: the test, not this delay, decides what happens first
 
@@ -277,7 +281,8 @@ def folder_bytes(folder: Path) -> int:
 
 
 def list_entries(root: Path, kinds=KINDS) -> list[dict]:
-    """Every entry folder under ``root``: kind, key, bytes, complete, and its meta's summary."""
+    """Every entry folder under ``root``: kind, key, bytes, complete, and its meta's summary
+    (lock files are not entries)."""
     out = []
     for kind in kinds:
         base = root / kind
@@ -293,7 +298,11 @@ def list_entries(root: Path, kinds=KINDS) -> list[dict]:
 
 
 def clear_entries(root: Path, kinds=KINDS) -> tuple[int, int, list[str]]:
-    """Remove every entry not being built right now: (entries removed, bytes freed, folders skipped)."""
+    """Remove every entry not being built right now: (entries removed, bytes freed, folders skipped).
+
+    Each entry goes while its lock is held, so no builder is inside it; the lock file stays (see
+    the module's docstring): a process already waiting on it then builds the entry anew, alone.
+    """
     removed, freed, busy = 0, 0, []
     for item in list_entries(root, kinds):
         entry = Entry(root, item["kind"], item["key"])
@@ -301,15 +310,7 @@ def clear_entries(root: Path, kinds=KINDS) -> tuple[int, int, list[str]]:
             if not mine:
                 busy.append(item["path"])
                 continue
+            pause_for_tests(entry, "clearing")
             shutil.rmtree(entry.folder, ignore_errors=True)
-            # Unlinked while held: a process waiting on the old file notices and locks the new one.
-            entry.lock_path.unlink(missing_ok=True)
         removed, freed = removed + 1, freed + item["bytes"]
-    for kind in kinds:  # locks whose entry folder someone deleted by hand
-        for lock_file in sorted((root / kind).glob("*.lock")) if (root / kind).is_dir() else []:
-            entry = Entry(root, kind, lock_file.name[:-len(".lock")])
-            if not entry.folder.exists():
-                with locked(entry, "cache", blocking=False) as mine:
-                    if mine:
-                        entry.lock_path.unlink(missing_ok=True)
     return removed, freed, busy

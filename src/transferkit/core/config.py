@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from transferkit.core.deprecated import Renamed, add_renamed_flags, rename_settings
 from transferkit.core.errors import UserError
 
 
@@ -64,8 +65,8 @@ class TrainConfig:
                               "for quick experiments")
     seed: int = opt(0, "seed for splits, initialisation and data order; a CPU run repeats exactly")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N", )
-    amp: str = opt("auto", "auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16", choices=("auto", "off", "bf16", "fp16"))
-    cache: bool = opt(True, "cache the frozen part's outputs and train the rest on them (--no-cache: plain loop)")
+    feature_cache: bool = opt(True, "cache the frozen part's outputs and train the rest on them (--no-feature-cache: "
+                                    "the plain loop)")
     cache_dir: str = opt("", "cache folder for cached features and decoded images (default: the user cache dir); "
                              "`transferkit cache list` shows what it holds, `cache clear` empties it")
     data_cache: bool = opt(True, "decode image files once, at the run's size, into the cache folder and reuse them in "
@@ -73,14 +74,22 @@ class TrainConfig:
     feed: str = opt("auto", "how decoded images reach the model: auto (in memory up to 512 MB, else streamed) | "
                             "memory | stream (read from the decoded-image cache batch by batch: memory does not grow "
                             "with the data set)", choices=("auto", "memory", "stream"))
+    decode_workers: int = opt(0, "processes that decode image files into the decoded-image cache (0: "
+                                 "$TRANSFERKIT_DECODE_WORKERS if set, else every core this process may use, split "
+                                 "between the torchrun processes of a machine); given, it wins over the variable")
     backend: str = opt("auto", "engine of the frozen forward pass that fills the feature cache, on the CPU: auto (the "
                                "fastest installed one that matches torch within 1e-4 on your images) | torch | "
-                               "onnxruntime | openvino", choices=("auto", "torch", "onnxruntime", "openvino"))
-    precision: str = opt("fp32", "fp32 (exact) | bf16 | int8 for that forward pass; bf16/int8 only if, on the "
-                                 "validation split, a probe's top-1 agreement with fp32 is at least 0.99 and its "
-                                 "accuracy drops by at most 0.5 points, else the cache is built in fp32 (and the log "
-                                 "says so)",
-                         choices=("fp32", "bf16", "int8"))
+                               "onnxruntime | openvino. Engines run on the CPU: naming one (or --precision int8) "
+                               "with --device auto runs the whole run on the CPU",
+                       choices=("auto", "torch", "onnxruntime", "openvino"))
+    precision: str = opt("auto", "the precision of the forward passes: auto (bf16 autocast on a CUDA GPU that has it, "
+                                 "else fp16; fp32 on the CPU) | fp32 | bf16 | fp16 | int8. On a CUDA GPU bf16 and fp16 "
+                                 "are autocast (fp16 with a gradient scaler); on the CPU bf16 and int8 are the engine "
+                                 "that fills the feature cache, kept only if, on the validation split, a probe's top-1 "
+                                 "agreement with fp32 is at least 0.99 and its accuracy drops by at most 0.5 points, "
+                                 "else the cache is built in fp32 (and the log says so). fp16 needs a GPU; int8 runs "
+                                 "on the CPU (with --device auto the run moves there)",
+                         choices=("auto", "fp32", "bf16", "fp16", "int8"))
     threads: int = opt(0, "CPU threads of the inference engines and of torch (0: every core)")
     skip_bad: bool = opt(False, "drop unreadable images (and say how many) instead of stopping")
     allow_outside_paths: bool = opt(False, "read image paths of a parquet file or CSV that lead outside its folder "
@@ -101,10 +110,10 @@ class TrainConfig:
         for name in ("epochs", "accumulate"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-        if min(self.image_size, self.checkpoint_every, self.train_limit, self.shots, self.threads) < 0 \
-                or self.max_pixels < 1:
-            raise UserError("--image-size, --max-pixels, --checkpoint-every, --train-limit, --shots and --threads must "
-                            "not be negative")
+        if min(self.image_size, self.checkpoint_every, self.train_limit, self.shots, self.threads,
+               self.decode_workers) < 0 or self.max_pixels < 1:
+            raise UserError("--image-size, --max-pixels, --checkpoint-every, --train-limit, --shots, --threads and "
+                            "--decode-workers must not be negative")
         if self.shots and self.train_limit:
             raise UserError("--shots and --train-limit both choose training images: give one of them")
         if self.batch_size != "auto" and not (str(self.batch_size).isdigit() and int(self.batch_size) > 0):
@@ -123,6 +132,11 @@ class TrainConfig:
         if not (0 <= self.label_smoothing < 1) or self.backbone_lr_scale < 0 or self.warmup_epochs < 0:
             raise UserError("--label-smoothing must be in [0, 1); --backbone-lr-scale and --warmup-epochs >= 0")
         return self
+
+    @property
+    def cache(self) -> bool:
+        """The feature cache's old name, for code that still reads it (the setting is ``feature_cache``)."""
+        return self.feature_cache
 
     @property
     def backbone_scale(self) -> float:
@@ -151,17 +165,17 @@ def read_yaml(path: str) -> dict:
         raise UserError(f"{path} must be a mapping of setting: value")
     known = {f.name: f for f in fields(TrainConfig)}
     out = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
+    data = rename_settings({str(key).replace("-", "_"): value for key, value in data.items()}, RENAMED, path)
+    for name, value in data.items():
         if name not in known:
-            raise UserError(f"{path}: unknown setting '{key}'; settings are the train flags, e.g. epochs, lr, freeze")
+            raise UserError(f"{path}: unknown setting '{name}'; settings are the train flags, e.g. epochs, lr, freeze")
         kind = field_type(known[name])
         if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)  # lr: 3e-4 and batch_size: 64 are fine as numbers
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise UserError(f"{path}: '{key}' must be {kind.__name__}, got {type(value).__name__} {value!r}")
+            raise UserError(f"{path}: '{name}' must be {kind.__name__}, got {type(value).__name__} {value!r}")
         out[name] = value
     return out
 
@@ -187,7 +201,30 @@ def build_config(flags: dict, config_file: str | None = None) -> TrainConfig:
 # What a resume may change: how long it runs, how often it checkpoints, how it reports, where its
 # caches live, how data is fed and which engine computes the frozen part (none of which changes a
 # number beyond the 1e-4 every engine is held to).
-CHANGEABLE_ON_RESUME = ("epochs", "checkpoint_every", "quiet", "cache_dir", "data_cache", "feed", "backend", "threads")
+CHANGEABLE_ON_RESUME = ("epochs", "checkpoint_every", "quiet", "cache_dir", "data_cache", "feed", "backend", "threads",
+                        "decode_workers")
+
+# Renamed settings: the old flag (hidden from --help), YAML key and fit() keyword still work
+# for one release, with one line saying what replaced them (core/deprecated.py).
+RENAMED = {"amp": Renamed("precision", {"off": "fp32", False: "fp32"}, ("auto", "off", "bf16", "fp16")),
+           "cache": Renamed("feature_cache")}
+
+
+def saved_settings(saved: dict) -> dict:
+    """Settings as a checkpoint or run.json stored them, in today's names: older runs still load and resume.
+
+    Before, ``amp`` (CUDA autocast) and ``precision`` (the CPU engines) were two settings and a run
+    used at most one (a GPU refused a reduced engine precision; the CPU ignored ``amp``): a reduced
+    engine precision is what ran on the CPU, else ``amp`` on a GPU; a run on ``--device cpu`` never used ``amp``.
+    """
+    out = dict(saved)
+    if "cache" in out:
+        out.setdefault("feature_cache", out.pop("cache"))
+    if "amp" in out:
+        amp = out.pop("amp")
+        if out.get("precision", "fp32") == "fp32":
+            out["precision"] = "fp32" if out.get("device") == "cpu" else RENAMED["amp"].value(amp)
+    return out
 
 
 def resume_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
@@ -197,6 +234,7 @@ def resume_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
     data, another model or another learning rate than the flags say would be worse.
     """
     given = getattr(cfg, "given", frozenset())
+    saved = saved_settings(saved)
     ignore = {"resume", "out", *CHANGEABLE_ON_RESUME}
     differ = sorted(k for k in given - ignore if k in saved and getattr(cfg, k) != saved[k])
     if differ:
@@ -211,6 +249,10 @@ def add_arguments(parser, skip: tuple = ()) -> None:
     """One ``--flag`` per field (except ``skip``), default None so that YAML values survive unset flags."""
     import argparse
 
+    for old, renamed in RENAMED.items():
+        if renamed.new not in skip:
+            switch = field_type(TrainConfig.__dataclass_fields__[renamed.new]) is bool
+            add_renamed_flags(parser, old, renamed, boolean=switch)
     for f in fields(TrainConfig):
         if f.name in skip:
             continue

@@ -6,11 +6,16 @@ import torch
 from transferkit.core.errors import UserError
 
 
+def cuda_available() -> bool:
+    """Whether torch can use a CUDA GPU: the one question behind ``--device auto`` (tests fake it here)."""
+    return torch.cuda.is_available()
+
+
 def pick_device(spec: str) -> torch.device:
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if cuda_available() else "cpu")
     if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
+        if not cuda_available():
             raise UserError(f"--device {spec}: this machine has no CUDA GPU that torch can use; try --device cpu")
         return torch.device(spec)
     if spec == "cpu":

@@ -45,7 +45,8 @@ def _inspect(item, max_pixels: int):
         return path, f"unreadable ({exc.strerror or exc})", None
 
 
-def check_data(spec: str, max_pixels: int | None = None, allow_outside_paths: bool = False) -> dict:
+def check_data(spec: str, max_pixels: int | None = None, allow_outside_paths: bool = False, workers: int = 0) -> dict:
+    """The data set's report; ``workers``: threads inspecting files (``--decode-workers``; 0: 4)."""
     splits = load_data(spec, seed=0, allow_outside_paths=allow_outside_paths)
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     report = {"spec": spec, "classes": splits.classes, "sources": split_sources(splits), "splits": {},
@@ -61,7 +62,7 @@ def check_data(spec: str, max_pixels: int | None = None, allow_outside_paths: bo
         report["splits"][name] = {splits.classes[i]: counts.get(i, 0) for i in range(len(splits.classes))}
         if not hasattr(imageset, "paths") or not getattr(imageset, "paths", None) or not hasattr(imageset, "decode"):
             continue  # built-ins: in-memory tensors, nothing on disk to inspect
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with ThreadPoolExecutor(max_workers=workers or 4) as pool:
             items = iter(imageset.encoded(max_pixels) if hasattr(imageset, "encoded") else imageset.paths)
             # In chunks: pool.map takes its whole input at once, and parquet rows hold their bytes.
             while chunk := list(islice(items, 256)):

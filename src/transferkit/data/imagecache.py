@@ -87,9 +87,12 @@ def load_item(item, size: int, interpolation: str, max_pixels: int) -> np.ndarra
         raise BadImage(item_name(item), bad.reason) from None
 
 
-def decode_workers() -> int:
-    """Worker processes for one process's share: the CPUs it may use, split between the torchrun
-    processes of this machine (``TRANSFERKIT_DECODE_WORKERS`` overrides)."""
+def decode_workers(requested: int = 0) -> int:
+    """Worker processes for one process's share: ``requested`` (``--decode-workers``) when given,
+    else ``TRANSFERKIT_DECODE_WORKERS``, else the CPUs it may use, split between the torchrun
+    processes of this machine."""
+    if requested > 0:
+        return requested
     if os.environ.get(WORKERS_ENV, "").isdigit() and int(os.environ[WORKERS_ENV]) > 0:
         return int(os.environ[WORKERS_ENV])
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -129,9 +132,9 @@ def _decode_rows(start: int, stop: int) -> list:
 
 
 def _decode_share(partial: Path, items: list, rows: range, size: int, interpolation: str, max_pixels: int,
-                  bar, name: str) -> list:
+                  bar, name: str, requested: int = 0) -> list:
     chunks = [(s, min(s + CHUNK, rows.stop)) for s in range(rows.start, rows.stop, CHUNK)]
-    workers = min(decode_workers(), len(chunks))
+    workers = min(decode_workers(requested), len(chunks))
     args = (str(partial), items, size, interpolation, max_pixels)
     bad = []
     if workers <= 1:
@@ -185,9 +188,10 @@ class Decoded:
     built: bool
 
 
-def decode_cached(imageset, size: int, interpolation: str, max_pixels: int, root: Path, progress=None) -> Decoded:
+def decode_cached(imageset, size: int, interpolation: str, max_pixels: int, root: Path, progress=None,
+                  workers: int = 0) -> Decoded:
     """The cache entry of ``imageset`` at ``size``: reused when complete, else decoded now (each
-    torchrun process decoding its share of the files)."""
+    torchrun process decoding its share of the files, with ``decode_workers(workers)`` processes)."""
     n, record = len(imageset), 3 * size * size
     total = n * (record + pixels.DIGEST)
     key = cache_key(imageset, size, interpolation, max_pixels)
@@ -201,7 +205,7 @@ def decode_cached(imageset, size: int, interpolation: str, max_pixels: int, root
     def fill(partial: Path, _info) -> dict:
         rows = range(*cachedir.share(n))
         bar = progress(total=len(rows), desc=f"decoding {imageset.name}", unit="img") if progress else None
-        bad = _decode_share(partial, items, rows, size, interpolation, max_pixels, bar, imageset.name)
+        bad = _decode_share(partial, items, rows, size, interpolation, max_pixels, bar, imageset.name, workers)
         if bar:
             bar.close()
         fd = os.open(partial, os.O_RDONLY)

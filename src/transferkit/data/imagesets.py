@@ -140,19 +140,21 @@ class FileImages:
 
 @dataclass(frozen=True)
 class DataCache:
-    """Where decoded images are cached and how they are fed (``--cache-dir``, ``--feed``)."""
+    """Where decoded images are cached, how they are fed and decoded (``--cache-dir``, ``--feed``, ``--decode-workers``)."""
 
     root: Path
     feed: str = "auto"          # auto | memory | stream
     pin_memory: bool = False    # streamed batches in page-locked memory (CUDA)
+    workers: int = 0            # decoding processes (0: imagecache.decode_workers' default)
 
     @classmethod
-    def from_settings(cls, settings: dict, device, cache_dir: str | None = None) -> "DataCache | None":
-        """What a run's settings (train flags, or run.json's config) ask for; None: no decoded-image cache."""
+    def from_settings(cls, settings: dict, device, cache_dir: str | None = None, workers: int = 0) -> "DataCache | None":
+        """What a run's settings (train flags, or run.json's config) ask for; None: no decoded-image cache.
+        ``workers`` is this command's ``--decode-workers``: a property of the machine, not of the run."""
         if not settings.get("data_cache", True):
             return None
         return cls(cache_root(cache_dir or settings.get("cache_dir")), settings.get("feed", "auto"),
-                   pin_memory=torch.device(device).type == "cuda")
+                   pin_memory=torch.device(device).type == "cuda", workers=workers)
 
 
 def decode_splits(sets: dict, size: int, interpolation: str = "bilinear", *, skip_bad: bool = False,
@@ -178,7 +180,7 @@ def decode_splits(sets: dict, size: int, interpolation: str = "bilinear", *, ski
             report = progress and (lambda it, total, name=name: progress(it, total=total, desc=f"decoding {name}", unit="img"))
             out[name], broken = imageset.decode(size, interpolation, True, max_pixels, progress=report)
         else:
-            cached[name] = decode_cached(imageset, size, interpolation, max_pixels, cache.root, progress)
+            cached[name] = decode_cached(imageset, size, interpolation, max_pixels, cache.root, progress, cache.workers)
             broken = [BadImage(imageset.paths[row], reason) for row, reason in cached[name].bad]
         bad += broken
     if bad and not skip_bad:

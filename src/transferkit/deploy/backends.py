@@ -18,7 +18,7 @@ from transferkit.models.registry import create_backbone
 from transferkit.runs.calibration import run_temperature
 from transferkit.runs.inference import classifier_engine, engine_settings
 from transferkit.runs.rundir import load_run, read_run
-from transferkit.runtimes.exported import export_paths, open_exported
+from transferkit.runtimes.exported import FORMATS, export_paths, open_exported
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Predictor:
     message: str = ""          # which engine answers, and how it was checked (for the log)
 
 
-EXPORTED = {"onnx": "onnx", "torchscript": "torchscript", "openvino-ir": "openvino"}  # --backend -> export format
+EXPORTED = tuple(FORMATS)  # --backend NAME runs the file `export --format NAME` wrote
 
 
 def load_exported(run_dir: str | Path, fmt: str) -> Predictor:
@@ -65,7 +65,7 @@ def load_backend(run_dir: str | Path, backend: str = "torch", precision: str = "
         if precision != "fp32":
             raise UserError("--precision goes with an engine (--backend auto|torch|onnxruntime|openvino); an exported "
                             "file keeps the precision `transferkit export --precision` gave it")
-        return load_exported(run_dir, EXPORTED[backend])
+        return load_exported(run_dir, backend)
     tm, pre, classes, run = load_run(run_dir)
     if backend == "torch" and precision == "fp32" and sample is None and images is None:
         # nothing to check or time

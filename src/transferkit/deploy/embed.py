@@ -22,11 +22,12 @@ from transferkit.data.specs import load_data
 from transferkit.data.transforms import first_prepared, prepare
 from transferkit.engine.batches import Batches
 from transferkit.engine.loop import predict_logits
+from transferkit.engine.optim import device_precision
 from transferkit.models.cut import HeadInput
 from transferkit.models.registry import create_backbone, describe
 from transferkit.runs.inference import engine_settings
 from transferkit.runs.rundir import load_run, read_run
-from transferkit.runtimes.choose import SAMPLE, Frozen, choose, stays_in_torch
+from transferkit.runtimes.choose import SAMPLE, Frozen, choose, engine_device, in_torch, stays_in_torch
 from transferkit.runtimes.guard import guard_from_sets
 
 
@@ -53,7 +54,7 @@ def embedder(run_dir: str | None, model: str | None, weights: str = "imagenet"):
 def _on_engine(module, pre, sets: dict, dev, channels_last: bool, settings):
     """``(module, channels_last)``: a CPU engine for one CPU process (or when asked for), else the module."""
     if stays_in_torch(dev, settings.backend, settings.precision):
-        return module, channels_last
+        return in_torch(module, settings.precision), channels_last
     sample = first_prepared(next(iter(sets.values())), pre, SAMPLE)
     guard = (guard_from_sets(sets.get("val"), sets.get("train"), pre, kind="features")
              if settings.precision != "fp32" else None)
@@ -67,27 +68,30 @@ def _on_engine(module, pre, sets: dict, dev, channels_last: bool, settings):
 def embed(source: str, data: str, out: str, from_run: bool, device: str = "auto", batch_size: int = 128,
           progress=None, seed: int | None = None, skip_bad: bool = False, weights: str = "imagenet",
           cache_dir: str | None = None, backend: str = "auto", precision: str = "fp32", threads: int = 0,
-          allow_outside_paths: bool = False) -> dict:
+          allow_outside_paths: bool = False, decode_workers: int = 0) -> dict:
     """Embed every split of ``data`` into ``out``. Under torchrun each process embeds a share of
     every split and rank 0 writes the gathered file. ``seed`` splits a plain folder into train/val
     (default: the run's own seed, so the split column matches the run's training split). ``weights``:
     the pretrained weights of a model given by name (as ``--weights``). ``backend``, ``precision``,
-    ``threads``: the CPU engine (runtimes/choose.py); reduced precision is judged on the data's
-    validation split with a nearest-class-mean probe (runtimes/guard.py). ``allow_outside_paths``: read
-    image paths of a parquet file or CSV that leave its folder (data/specs.py)."""
+    ``threads``: the CPU engine (runtimes/choose.py), or on a GPU fp32|bf16|fp16 in torch; reduced
+    precision on the CPU is judged on the data's validation split with a nearest-class-mean probe
+    (runtimes/guard.py). ``allow_outside_paths``: read image paths of a parquet file or CSV that leave
+    its folder (data/specs.py). ``decode_workers``: processes decoding files into the decoded-image cache."""
+    device = engine_device(device, backend, precision)  # CPU engines run on the CPU
     with dist.scope():
         return _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad, weights, cache_dir,
-                      engine_settings(backend, precision, threads, cache_dir), allow_outside_paths)
+                      engine_settings(backend, precision, threads, cache_dir), allow_outside_paths, decode_workers)
 
 
 def _embed(source, data, out, from_run, device, batch_size, progress, seed, skip_bad, weights, cache_dir,
-           settings, allow_outside_paths) -> dict:
+           settings, allow_outside_paths, decode_workers) -> dict:
     out_path = Path(out)
     if out_path.suffix not in (".npz", ".parquet"):
         raise UserError(f"--out {out}: use a .npz or .parquet file name")
     module, pre, run_seed = embedder(source if from_run else None, None if from_run else source, weights)
     seed = run_seed if seed is None else seed
     dev = dist.setup(device)
+    settings = replace(settings, precision=device_precision(dev, settings.precision))
     channels_last = uses_convolutions(module)
     module = module.to(dev)
     splits = load_data(data, seed, allow_outside_paths)
@@ -95,7 +99,8 @@ def _embed(source, data, out, from_run, device, batch_size, progress, seed, skip
     sets = {n: s for n in ("train", "val", "test") if (s := getattr(splits, n)) is not None}
     sets = decode_splits(sets, pre.size, pre.interpolation, skip_bad=skip_bad, progress=progress,
                          consequence=", nothing embedded",
-                         cache=DataCache.from_settings(read_run(source)["config"] if from_run else {}, dev, cache_dir))
+                         cache=DataCache.from_settings(read_run(source)["config"] if from_run else {}, dev, cache_dir,
+                                                       decode_workers))
     module, channels_last = _on_engine(module, pre, sets, dev, channels_last, settings)
     for name, imageset in sets.items():
         feats, labels = predict_logits(module, Batches(imageset, batch_size, rank=dist.rank(), world=dist.world()),

@@ -155,7 +155,7 @@ def export_run(run_dir: str | Path, fmt: str, opset: int = DEFAULT_OPSET, sample
                     quantize_onnxruntime(tmp, calibration, quantized)
                     _add_onnx_metadata(quantized, meta)
                     os.replace(quantized, tmp)
-            elif fmt == "openvino":
+            elif fmt == "openvino-ir":
                 _write_openvino(module, example, str(tmp), meta, pre, calibration)
             else:
                 _write_torchscript(module, example, str(tmp), meta)
@@ -202,14 +202,14 @@ def _check_request(fmt: str, opset: int, precision: str) -> None:
         _require("onnx", "onnxruntime")
         if not 11 <= opset <= 21:
             raise UserError(f"--opset {opset}: the exporter writes opsets 11 to 21; {DEFAULT_OPSET} suits most runtimes")
-    if fmt == "openvino":
+    if fmt == "openvino-ir":
         _require("onnx", "openvino")
-    if precision == "bf16" and fmt != "openvino":
-        raise UserError("--precision bf16 is an OpenVINO precision hint stored with the file: use --format openvino")
+    if precision == "bf16" and fmt != "openvino-ir":
+        raise UserError("--precision bf16 is an OpenVINO precision hint stored with the file: use --format openvino-ir")
     if precision == "int8" and fmt == "torchscript":
-        raise UserError("--precision int8 is written as --format onnx (onnxruntime's quantizer) or openvino (NNCF)")
-    if precision == "int8" and fmt == "openvino" and "openvino" not in reduced.int8_engines():
-        raise UserError("--format openvino --precision int8 needs NNCF: pip install 'transferkit[int8]'")
+        raise UserError("--precision int8 is written as --format onnx (onnxruntime's quantizer) or openvino-ir (NNCF)")
+    if precision == "int8" and fmt == "openvino-ir" and "openvino" not in reduced.int8_engines():
+        raise UserError("--format openvino-ir --precision int8 needs NNCF: pip install 'transferkit[int8]'")
 
 
 def _versions(fmt: str) -> dict:
@@ -219,7 +219,7 @@ def _versions(fmt: str) -> dict:
         import onnxruntime
 
         versions.update(onnx=onnx.__version__, onnxruntime=onnxruntime.__version__)
-    if fmt == "openvino":
+    if fmt == "openvino-ir":
         import openvino
 
         versions.update(openvino=openvino.__version__)

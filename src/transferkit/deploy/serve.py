@@ -29,6 +29,7 @@ import torch
 
 from transferkit.core.errors import UserError
 from transferkit.data.images import BadImage, load_uint8
+from transferkit.data.tta import tta_views
 from transferkit.deploy.backends import load_backend
 from transferkit.deploy.batcher import DynamicBatcher, Overloaded
 from transferkit.deploy.predict import image_probabilities, top_predictions
@@ -64,17 +65,19 @@ class Service:
     """The loaded model and what it needs to answer requests."""
 
     def __init__(self, module, pre, classes: list[str], run: dict, backend: str, run_name: str, temperature: float = 1.0,
-                 engine: str = ""):
+                 engine: str = "", tta: tuple = ()):
         self.module, self.pre, self.classes, self.run = module.eval(), pre, list(classes), run
         self.backend, self.run_name, self.temperature = backend, run_name, temperature
         self.model_name = run.get("model", {}).get("name", "model")
         self.engine = engine  # the log line naming the engine that answers, and its measured speed
+        self.tta, self.views = tuple(tta), tta_views(tuple(tta))  # --tta: views averaged as eval and predict do
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, backend: str = "torch", precision: str = "fp32", threads: int = 0) -> "Service":
+    def from_run(cls, run_dir: str | Path, backend: str = "torch", precision: str = "fp32", threads: int = 0,
+                 tta: tuple = ()) -> "Service":
         p = load_backend(run_dir, backend, precision, threads, mode="latency")
         name = getattr(p.module, "label", backend)  # auto resolves to the engine it chose
-        return cls(p.module, p.pre, p.classes, p.run, name, Path(run_dir).resolve().name, p.temperature, p.message)
+        return cls(p.module, p.pre, p.classes, p.run, name, Path(run_dir).resolve().name, p.temperature, p.message, tta)
 
     def decode(self, data: bytes, max_pixels: int) -> np.ndarray:
         """Bytes -> ``(3, S, S)`` uint8, by the same rules as training (raises BadImage)."""
@@ -85,7 +88,7 @@ class Service:
         logits that rank them) per image."""
         with torch.inference_mode():  # grad mode is per thread: set it here, not at start-up
             probs, ranking = image_probabilities(self.module, torch.from_numpy(np.stack(arrays)), self.pre, "cpu",
-                                                 self.temperature)
+                                                 self.temperature, self.views)
             return list(zip(probs, ranking))
 
     def metadata(self, settings: ServeSettings) -> dict:
@@ -94,7 +97,7 @@ class Service:
                 "head": self.run.get("model", {}).get("head"), "classes": self.classes,
                 "num_classes": len(self.classes), "backbone": backbone, "preprocess": self.pre.to_json(),
                 "calibration": {"temperature": self.temperature,
-                                "meaning": "probabilities are softmax(logits / temperature)"},
+                                "meaning": "probabilities are softmax(logits / temperature)"}, "tta": list(self.tta),
                 "metrics": self.run.get("metrics"), "created": self.run.get("created"),
                 "limits": {"max_bytes": settings.max_bytes, "max_pixels": settings.max_pixels,
                            "timeout_s": settings.timeout, "max_batch": settings.max_batch}}
@@ -255,12 +258,13 @@ def app_from_environment():
     config = json.loads(os.environ[ENV_CONFIG])
     threads = config.get("threads") or max(1, (os.cpu_count() or 1) // max(1, config["workers"]))
     torch.set_num_threads(threads)  # N workers share the cores instead of each claiming all (so do the engines)
-    service = Service.from_run(config["run_dir"], config["backend"], config.get("precision", "fp32"), threads)
+    service = Service.from_run(config["run_dir"], config["backend"], config.get("precision", "fp32"), threads,
+                               tuple(config.get("tta", ())))
     return create_app(service, ServeSettings(**config["settings"]))
 
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch", workers: int = 1,
-          settings: ServeSettings | None = None, precision: str = "fp32", threads: int = 0) -> None:
+          settings: ServeSettings | None = None, precision: str = "fp32", threads: int = 0, tta: tuple = ()) -> None:
     """Load the model (errors surface here, before the port opens), then serve until interrupted."""
     import json
 
@@ -270,13 +274,14 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: str 
     _check_port(host, port)
     # With several workers each gets its share of the cores; the check below runs with that share too.
     threads = threads or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0)
-    service = Service.from_run(run_dir, backend, precision, threads)
+    service = Service.from_run(run_dir, backend, precision, threads, tta)
     if service.engine:
         print(service.engine, flush=True)
     common = dict(host=host, port=port, log_level="info", access_log=True, timeout_keep_alive=5,
                   limit_concurrency=settings.max_queue * 4,  # uvicorn answers 503 past this many
                   log_config=_log_config())
-    print(f"serving {service.run_name} ({service.model_name}, {len(service.classes)} classes, backend {service.backend}) "
+    views = f", tta {','.join(tta)} ({len(service.views)} views a request)" if tta else ""
+    print(f"serving {service.run_name} ({service.model_name}, {len(service.classes)} classes, backend {service.backend}{views}) "
           f"on http://{host}:{port}/  (POST /predict, GET /metadata, GET /healthz)", flush=True)
     if workers == 1:
         uvicorn.run(create_app(service, settings), **common)
@@ -284,7 +289,7 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: str 
     del service  # the check is done; each worker loads its own copy
     # Each worker converts nothing again (the converted file is cached) but checks its engine itself.
     os.environ[ENV_CONFIG] = json.dumps({"run_dir": str(Path(run_dir).resolve()), "backend": backend,
-                                         "precision": precision, "threads": threads,
+                                         "precision": precision, "threads": threads, "tta": list(tta),
                                          "workers": workers, "settings": asdict(settings)})
     uvicorn.run("transferkit.deploy.serve:app_from_environment", factory=True, workers=workers, **common)
 

@@ -26,7 +26,7 @@ AUX_LOSS_WEIGHT = 0.4  # torchvision's reference weight for Inception/GoogLeNet 
 class NonFiniteLoss(Exception):
     def __init__(self, epoch: int, step: int, value: float):
         super().__init__(f"loss became {value} at epoch {epoch + 1}, step {step}; lower --lr, "
-                         "check the data for broken values, or use --amp off")
+                         "check the data for broken values, or use --precision fp32")
         self.epoch, self.step = epoch, step
 
 

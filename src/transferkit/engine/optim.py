@@ -6,14 +6,31 @@ from contextlib import nullcontext
 
 import torch
 
+from transferkit.core.errors import UserError
 
-def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """bf16 where the GPU has it, else fp16 (with a gradient scaler); never on the CPU."""
-    if device.type != "cuda" or amp == "off":
+
+def device_precision(device: torch.device, precision: str) -> str:
+    """What ``--precision`` means on ``device``, never ``auto``: on a CUDA GPU fp32, or bf16|fp16
+    autocast (auto: bf16 where the GPU has it, else fp16); on the CPU the precision of the
+    engines (runtimes/): fp32|bf16|int8 (auto: fp32). What cannot run there is a UserError."""
+    if device.type == "cuda":
+        if precision == "int8":
+            raise UserError("--precision int8 is a CPU engine's (onnxruntime, OpenVINO), not a GPU's: use --precision "
+                            "bf16, fp16 or fp32 on the GPU, or --device cpu (with --device auto int8 runs on the CPU)")
+        if precision == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return precision
+    if precision == "fp16":
+        raise UserError("--precision fp16 is autocast on a CUDA GPU; on the CPU use bf16 or int8 (the engines) or fp32")
+    return "fp32" if precision == "auto" else precision
+
+
+def amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision ``device_precision`` gave: bf16 or fp16 (with a gradient
+    scaler) on a CUDA GPU; None (no autocast) otherwise, and always on the CPU."""
+    if device.type != "cuda":
         return None
-    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 def autocast_for(dtype: torch.dtype | None):

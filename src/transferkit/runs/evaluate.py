@@ -19,12 +19,13 @@ from transferkit.data.transforms import Preprocess, first_prepared, prepare
 from transferkit.data.tta import parse_tta, tta_views
 from transferkit.engine.batches import Batches
 from transferkit.engine.loop import predict_logits
+from transferkit.engine.optim import device_precision
 from transferkit.runs.calibration import average_probabilities, probabilities, run_temperature
 from transferkit.runs.history import append_eval_row
 from transferkit.runs.inference import classifier_engine, engine_settings
 from transferkit.runs.metrics import score, score_probs
 from transferkit.runs.rundir import load_run
-from transferkit.runtimes.choose import SAMPLE, stays_in_torch
+from transferkit.runtimes.choose import SAMPLE, engine_device, in_torch, stays_in_torch
 
 
 def class_index_map(data_classes: list[str], run_classes: list[str]) -> torch.Tensor:
@@ -70,17 +71,20 @@ def evaluate_run(run_dir: str, data: str | None = None, split: str = "test", dev
                  batch_size: int = 128, progress=None, max_pixels: int | None = None, splits=None,
                  skip_bad: bool = False, tta: str | None = None, cache_dir: str | None = None,
                  backend: str = "auto", precision: str = "fp32", threads: int = 0,
-                 allow_outside_paths: bool = False) -> dict:
+                 allow_outside_paths: bool = False, decode_workers: int = 0) -> dict:
     """Score ``run_dir`` on ``split`` of ``data`` (the run's own data when None); ``splits``: ready
     DataSplits from the Python API instead of a spec. ``allow_outside_paths`` (data/specs.py): for other
     data; the run's own data is read as the run was. Probabilities go through the run's temperature;
     ``tta`` (flip, crops, flip,crops) averages them over views. Under torchrun each process scores a
     share of the split, all get the whole result, and rank 0 writes the files. ``backend``,
-    ``precision``, ``threads``: the CPU engine (runtimes/choose.py)."""
+    ``precision``, ``threads``: the CPU engine (runtimes/choose.py), or on a GPU fp32|bf16|fp16 in
+    torch; ``decode_workers``: processes decoding files into the decoded-image cache (0: the default)."""
     kinds = parse_tta(tta)  # a mistake in --tta stops before anything loads
+    device = engine_device(device, backend, precision)  # CPU engines run on the CPU
     with dist.scope():
         return _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, kinds,
-                             cache_dir, engine_settings(backend, precision, threads, cache_dir), allow_outside_paths)
+                             cache_dir, engine_settings(backend, precision, threads, cache_dir), allow_outside_paths,
+                             decode_workers)
 
 
 @dataclass
@@ -99,7 +103,7 @@ class ScoredSplit:
 
 
 def scored_split(run_dir, data, split, device, progress=None, max_pixels=None, splits=None, skip_bad=False,
-                 cache_dir=None, allow_outside_paths: bool = False) -> ScoredSplit:
+                 cache_dir=None, allow_outside_paths: bool = False, decode_workers: int = 0) -> ScoredSplit:
     tm, pre, classes, run = load_run(run_dir)
     spec = splits.spec if splits is not None else data or run["config"]["data"]
     allow = allow_outside_paths or (spec == run["config"]["data"] and run["config"].get("allow_outside_paths", False))
@@ -111,15 +115,17 @@ def scored_split(run_dir, data, split, device, progress=None, max_pixels=None, s
     dev = dist.setup(device)  # before decoding: under torchrun the processes decode their shares together
     imageset = decode_splits({split: imageset}, pre.size, pre.interpolation, skip_bad=skip_bad, progress=progress,
                              max_pixels=max_pixels or run["config"].get("max_pixels", DEFAULT_MAX_PIXELS),
-                             cache=DataCache.from_settings(run["config"], dev, cache_dir))[split]
+                             cache=DataCache.from_settings(run["config"], dev, cache_dir, decode_workers))[split]
     return ScoredSplit(tm, pre, classes, run, spec, split, original, imageset, mapping, dev)
 
 
 def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels, splits, skip_bad, kinds, cache_dir,
-                  settings, allow_outside_paths) -> dict:
-    s = scored_split(run_dir, data, split, device, progress, max_pixels, splits, skip_bad, cache_dir, allow_outside_paths)
+                  settings, allow_outside_paths, decode_workers) -> dict:
+    s = scored_split(run_dir, data, split, device, progress, max_pixels, splits, skip_bad, cache_dir, allow_outside_paths,
+                     decode_workers)
     tm, pre, classes, run, spec, split, original = s.tm, s.pre, s.classes, s.run, s.spec, s.split, s.original
     imageset, mapping, dev = s.images, s.mapping, s.device
+    settings = replace(settings, precision=device_precision(dev, settings.precision))
     net, channels_last = on_engine(tm, pre, run, classes, imageset, dev, settings)
     temperature, views = run_temperature(run), tta_views(kinds)
     batches = Batches(imageset, batch_size, rank=dist.rank(), world=dist.world())
@@ -154,7 +160,7 @@ def on_engine(tm, pre, run: dict, classes: list[str], imageset, dev, settings):
         return choice.engine, False
     net = tm.net.to(dev)
     channels_last = uses_convolutions(net)
-    return (net.to(memory_format=torch.channels_last) if channels_last else net), channels_last
+    return in_torch(net.to(memory_format=torch.channels_last) if channels_last else net, settings.precision), channels_last
 
 
 def format_table(result: dict) -> str:

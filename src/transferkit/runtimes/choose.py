@@ -24,8 +24,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from transferkit.core import devices
 from transferkit.core import distributed as dist
 from transferkit.core.errors import UserError
+from transferkit.core.progress import log
 from transferkit.runtimes import reduced
 from transferkit.runtimes.convert import export_onnx, network_key
 from transferkit.runtimes.engines import (
@@ -41,25 +43,52 @@ from transferkit.runtimes.guard import Guard, judge
 from transferkit.runtimes.store import Entry
 
 BACKENDS = ("auto", *NAMES)
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # fp16: autocast on a GPU only (engine/optim.device_precision)
 TOLERANCE = 1e-4
 SMALL_JOB = 64          # images: converting costs more than it saves below this, so auto keeps torch
 SAMPLE = 32             # images of the parity check and the timing (one real batch)
 
 
+def engine_device(spec: str, backend: str, precision: str) -> str:
+    """The ``--device`` of a command that takes ``--backend``/``--precision``. onnxruntime, OpenVINO
+    and exported files are CPU engines, and int8 is theirs: with one of them ``--device auto`` is
+    the CPU even where a GPU is free (said in one line), and naming a GPU is a mistake."""
+    if backend in ("auto", "torch") and precision != "int8":
+        return spec
+    asked = f"--backend {backend}" if backend not in ("auto", "torch") else f"--precision {precision}"
+    if spec == "auto":
+        if devices.cuda_available():
+            log(f"{asked} runs on the CPU's engines: so does this command (--device auto; a GPU would run "
+                "--backend torch with --precision fp32, bf16 or fp16)")
+        return "cpu"
+    if spec.startswith("cuda"):
+        raise UserError(f"{asked} runs on the CPU (onnxruntime, OpenVINO and exported files are CPU engines), not "
+                        f"on --device {spec}: drop --device, or use --backend torch with --precision fp32, bf16 or fp16 "
+                        "on the GPU")
+    return spec
+
+
 def stays_in_torch(device: torch.device, backend: str, precision: str) -> bool:
-    """Whether a frozen forward pass runs in torch instead of a CPU engine: on a GPU, and under
-    torchrun's several CPU processes with ``--backend auto`` (an engine per process would compete
-    for the same cores; a named ``--backend`` still gets one). Asking there for another engine or
-    a reduced precision is a mistake, said in one line."""
+    """Whether a frozen forward pass runs in torch instead of a CPU engine: on a GPU (in fp32, or
+    bf16|fp16 under autocast), and under torchrun's several CPU processes with ``--backend auto``
+    (an engine per process would compete for the same cores; a named ``--backend`` still gets one).
+    ``precision`` is what ``engine/optim.device_precision`` made of ``--precision`` (never auto).
+    Asking there for a CPU engine or its int8 is a mistake, said in one line."""
     if device.type == "cpu" and not (dist.world() > 1 and backend == "auto"):
         return False
-    if backend not in ("auto", "torch") or precision != "fp32":
-        where, advice = (("on a GPU", "use --device cpu, or") if device.type != "cpu"
-                         else ("under torchrun", "name an engine with --backend, or use"))
+    on_gpu = device.type != "cpu"
+    if backend not in ("auto", "torch") or precision not in (("fp32", "bf16", "fp16") if on_gpu else ("fp32",)):
+        where, advice = (("on a GPU", "use --device cpu, or --backend auto --precision fp32|bf16|fp16") if on_gpu
+                         else ("under torchrun", "name an engine with --backend, or use --backend auto --precision fp32"))
         raise UserError(f"--backend {backend} --precision {precision} are for the CPU's engines; {where} the "
-                        f"frozen part runs in torch: {advice} --backend auto --precision fp32")
+                        f"frozen part runs in torch: {advice}")
     return True
+
+
+def in_torch(module: nn.Module, precision: str) -> nn.Module:
+    """A network that stays in torch (``stays_in_torch``), run in ``precision``: itself in fp32,
+    else under autocast (bf16|fp16 on a GPU) with float32 outputs."""
+    return module if precision == "fp32" else TorchEngine(module, precision)
 
 
 @dataclass
@@ -129,6 +158,8 @@ def choose(frozen: Frozen, sample: torch.Tensor, settings: Settings, guard: Guar
            source: str = "") -> Choice:
     """The engine for ``frozen``, checked on ``sample`` (a real, preprocessed batch) and timed."""
     validate(settings.backend, settings.precision, settings.threads)
+    if settings.precision == "fp16":
+        raise UserError("--precision fp16 is autocast on a CUDA GPU; the CPU's engines run fp32, bf16 or int8")
     sample = sample[:SAMPLE].float().contiguous()
     where = source or f"{len(sample)} images"
     torch_engine = build_engine("torch", frozen.module, "fp32", settings, None)

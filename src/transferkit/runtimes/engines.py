@@ -58,7 +58,7 @@ class Engine(nn.Module):
 
 
 class TorchEngine(Engine):
-    """The network itself, channels-last for convolutions; bf16 through CPU autocast."""
+    """The network itself, channels-last for convolutions; bf16 (and, on a GPU, fp16) through autocast."""
 
     name = "torch"
 
@@ -76,8 +76,8 @@ class TorchEngine(Engine):
         x = x.to(device)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        bf16 = self.precision == "bf16"
-        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16) if bf16 else nullcontext():
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.inference_mode(), torch.autocast(device.type, dtype) if dtype else nullcontext():
             out = self.module(x)
         out = out[0] if isinstance(out, (tuple, list)) else out
         return out.float()

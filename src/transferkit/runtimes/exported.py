@@ -18,8 +18,9 @@ from torch import nn
 from transferkit.core.errors import UserError
 from transferkit.runtimes.engines import OpenVinoEngine
 
-BACKENDS = ("torch", "onnx", "torchscript", "openvino")
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript", "openvino": "model.xml"}  # names in a run directory
+# Export formats, by the one name `export --format` and `predict`/`serve --backend` share (the
+# engines that convert the run's own weights are onnxruntime and openvino: runtimes/engines.py).
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript", "openvino-ir": "model.xml"}  # files in a run directory
 META_KEY = "transferkit"  # ONNX metadata key / TorchScript extra file / OpenVINO rt_info key holding the JSON metadata
 
 
@@ -72,7 +73,7 @@ def open_exported(fmt: str, path: str | Path) -> tuple[nn.Module, dict]:
             raise UserError(f"cannot open {path} as TorchScript: {str(exc).splitlines()[0][:200]}") from None
         text = extra[META_KEY]
         text = text.decode() if isinstance(text, bytes) else text
-    elif fmt == "openvino":
+    elif fmt == "openvino-ir":
         try:
             import openvino as ov
         except ImportError:
@@ -86,7 +87,7 @@ def open_exported(fmt: str, path: str | Path) -> tuple[nn.Module, dict]:
         except (RuntimeError, ValueError) as exc:
             raise UserError(f"cannot open {path} with OpenVINO: {str(exc).splitlines()[0][:200]}") from None
     else:
-        raise UserError(f"unknown backend '{fmt}'; use one of {', '.join(BACKENDS)}")
+        raise UserError(f"unknown export format '{fmt}'; use one of {', '.join(FORMATS)}")
     try:
         meta = json.loads(text) if text else {}
     except json.JSONDecodeError:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +37,7 @@ from transferkit.data.imagesets import DataCache, decode_splits
 from transferkit.data.specs import DataSplits
 from transferkit.data.transforms import Mirrored, Preprocess, first_prepared
 from transferkit.engine.feature_cache import FeatureSet, build_features, cache_key
-from transferkit.engine.optim import amp_dtype, autocast_for
+from transferkit.engine.optim import amp_dtype, autocast_for, device_precision
 from transferkit.models.cut import front_sha256, split_is_exact
 from transferkit.models.freeze import apply_freeze, plan_freeze
 from transferkit.models.plugins import model_code_sha256
@@ -217,7 +217,10 @@ def backbone_features(cfg, splits: DataSplits, device: torch.device | None = Non
     sets = decode_splits(sets, pre.size, pre.interpolation, skip_bad=cfg.skip_bad, max_pixels=cfg.max_pixels,
                          progress=progress, consequence=", nothing scored",
                          cache=DataCache.from_settings(cfg.to_json(), device))
-    cache = front_cache(cfg, tm, plan.cut, sets, pre, device, autocast_for(amp_dtype(device, cfg.amp)), progress)
+    # --precision as it runs on this device (train/setup.on_device), so the keys are train's own.
+    precision = device_precision(device, cfg.precision)
+    cfg = replace(cfg, precision=precision)
+    cache = front_cache(cfg, tm, plan.cut, sets, pre, device, autocast_for(amp_dtype(device, precision)), progress)
     if isinstance(cache, str):
         raise UserError(cache)
     start = time.perf_counter()

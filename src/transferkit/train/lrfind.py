@@ -19,19 +19,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from transferkit.core.config import saved_settings
 from transferkit.core.devices import pick_device
 from transferkit.core.errors import UserError
 from transferkit.core.progress import log
 from transferkit.core.safeio import atomic_write, write_json_atomic
 from transferkit.data.specs import ignored_note, load_data
 from transferkit.engine.batches import Batches
-from transferkit.engine.optim import amp_dtype, autocast_for, make_optimizer
+from transferkit.engine.optim import autocast_for, make_optimizer
 from transferkit.models.fewshot import is_fewshot
 from transferkit.models.freeze import param_groups, train_mode
 from transferkit.models.outputs import split_outputs
 from transferkit.models.transfer import create_model
 from transferkit.runs.plots import lr_find_png
-from transferkit.train.setup import global_batch, limit_training_images, seed_everything, training_path
+from transferkit.runtimes.choose import engine_device
+from transferkit.train.setup import global_batch, limit_training_images, on_device, seed_everything, training_path
 
 START_LR, END_LR, STEPS = 1e-7, 1.0, 100
 SMOOTHING = 0.98     # fastai's beta: heavy smoothing, the raw per-batch loss is noisy
@@ -146,7 +148,7 @@ def sweep_training_path(cfg, tm, path, batches, frozen, autocast, progress, **sw
 
 
 def _sweep_key(cfg) -> dict:
-    skip = {"out", "resume", "quiet", "epochs", "checkpoint_every", "log", "warmup_epochs", "device"}
+    skip = {"out", "resume", "quiet", "epochs", "checkpoint_every", "log", "warmup_epochs", "device", "decode_workers"}
     return {k: v for k, v in cfg.to_json().items() if k not in skip}
 
 
@@ -155,7 +157,8 @@ def auto_lr(cfg, tm, path, batches, frozen, autocast, progress, run_dir: Path) -
     record = Path(run_dir) / "lr_find.json"
     if record.is_file():
         saved = json.loads(record.read_text(encoding="utf-8"))
-        if saved.get("key") == _sweep_key(cfg):  # a resumed run must keep the lr it started with
+        # A resumed run must keep the lr it started with (a run from before a setting's rename too).
+        if saved_settings(saved.get("key") or {}) == _sweep_key(cfg):
             log(f"lr-find: reusing lr {saved['suggestion']:.3g} from {record}")
             return float(saved["suggestion"])
     finding = sweep_training_path(cfg, tm, path, batches, frozen, autocast, progress)
@@ -172,14 +175,15 @@ def find_lr(cfg, progress=None, **sweep) -> LRFinding:
     if is_fewshot(cfg.head):
         raise UserError(f"--head {cfg.head} is fitted without gradient steps: it has no learning rate to find")
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
-    autocast = autocast_for(amp_dtype(device, cfg.amp))
+    device = pick_device(engine_device(cfg.device, cfg.backend, cfg.precision))  # CPU engines run on the CPU
+    on_it, precision = on_device(cfg, device)
+    autocast = autocast_for(precision)
     splits = limit_training_images(load_data(cfg.data, cfg.seed, cfg.allow_outside_paths), cfg)  # the same images train would see
     if note := ignored_note(splits):
         log(note)
     tm = create_model(cfg.model, len(splits.classes), cfg.weights, cfg.head)
     # the sweep only ever sees training images
-    prepared = training_path(cfg, tm, {"train": splits.train}, device, autocast, progress)
+    prepared = training_path(on_it, tm, {"train": splits.train}, device, autocast, progress)
     path = prepared.path
     batches = Batches(path.sources["train"], global_batch(cfg, path, device, autocast), shuffle=True, seed=cfg.seed)
     return sweep_training_path(cfg, tm, path, batches, prepared.frozen, autocast, progress, **sweep)

@@ -43,8 +43,8 @@ def images_path(tm, sets: dict, pre: Preprocess, device, channels_last: bool, au
 def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, progress) -> TrainPath:
     channels_last = uses_convolutions(tm.net)
     plain = lambda why: images_path(tm, sets, pre, device, channels_last, cfg.augment, cfg.seed, why)  # noqa: E731
-    if not cfg.cache:
-        return plain("--no-cache")
+    if not cfg.feature_cache:
+        return plain("--no-feature-cache")
     if plan.cut is None:
         return plain(f"--freeze {cfg.freeze} freezes no whole leading stages")
     if cfg.augment not in ("none", "flip"):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from transferkit.core import distributed as dist
-from transferkit.core.config import TrainConfig
+from transferkit.core.config import TrainConfig, saved_settings
 from transferkit.core.errors import UserError
 from transferkit.core.progress import log
 from transferkit.data.imagesets import DataCache, decode_splits
@@ -19,11 +19,24 @@ from transferkit.data.specs import DataSplits, stratified_split
 from transferkit.data.transforms import Preprocess, first_prepared
 from transferkit.engine import checkpoint as ckpt
 from transferkit.engine.batches import auto_batch_size
+from transferkit.engine.optim import amp_dtype, device_precision
 from transferkit.models.fewshot import is_fewshot
 from transferkit.models.freeze import FreezePlan, apply_freeze, plan_freeze
 from transferkit.models.shapecheck import check_shapes
 from transferkit.models.transfer import TransferModel
 from transferkit.train.paths import TrainPath, choose_path
+
+
+def on_device(cfg: TrainConfig, device: torch.device) -> tuple[TrainConfig, torch.dtype | None]:
+    """``(cfg with --precision as it runs on device, autocast dtype or None)``.
+
+    On a CUDA GPU the precision is fp32 or bf16|fp16 autocast of every forward pass (auto: bf16
+    where the GPU has it); on the CPU it is the engine's fp32|bf16|int8 for the frozen part that
+    fills the feature cache (auto: fp32), and there is no autocast. The training path is chosen
+    with this cfg, so it never sees ``auto``; run.json keeps what was asked for.
+    """
+    precision = device_precision(device, cfg.precision)
+    return replace(cfg, precision=precision), amp_dtype(device, precision)
 
 
 def seed_everything(seed: int) -> None:
@@ -93,7 +106,7 @@ def training_path(cfg: TrainConfig, tm: TransferModel, sets: dict, device, autoc
     tm.net.to(device)
     feeding = []
     sets = decode_splits(sets, pre.size, pre.interpolation, skip_bad=cfg.skip_bad, max_pixels=cfg.max_pixels,
-                         progress=progress, consequence=", nothing trained", cache=DataCache.from_settings(cfg.to_json(), device),
+                         progress=progress, consequence=", nothing trained", cache=DataCache.from_settings(cfg.to_json(), device, workers=cfg.decode_workers),
                          tell=feeding.append)
     if len(sets["train"]) == 0:
         raise UserError(f"data '{cfg.data}' has no training images")
@@ -102,6 +115,9 @@ def training_path(cfg: TrainConfig, tm: TransferModel, sets: dict, device, autoc
         log(line)
     path = choose_path(cfg, tm, plan, sets, pre, device, autocast, progress)
     log(path.message)
+    if device.type == "cpu" and cfg.precision != "fp32" and not path.cached:
+        log(f"--precision {cfg.precision}: on the CPU it is the precision of the engine that fills the feature cache; "
+            "this run trains the full forward pass without one, in fp32")
     return Prepared(pre, plan, frozen, sets, path)
 
 
@@ -147,5 +163,5 @@ def restarted_state(cfg: TrainConfig) -> dict | None:
         return None
     state = ckpt.load_checkpoint(run_dir)
     # The first restart saved its config with resume=True; a later restart still continues it.
-    same = {**state["config"], "resume": False} == {**cfg.to_json(), "resume": False}
+    same = {**saved_settings(state["config"]), "resume": False} == {**cfg.to_json(), "resume": False}
     return state if same else None

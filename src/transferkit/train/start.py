@@ -20,17 +20,19 @@ from transferkit.core.progress import log, make_progress
 from transferkit.data.specs import DataSplits, ignored_note, load_data, split_lines
 from transferkit.engine import checkpoint as ckpt
 from transferkit.engine.ddp import ddp
-from transferkit.engine.optim import amp_dtype, autocast_for
+from transferkit.engine.optim import autocast_for
 from transferkit.models.family import BackboneInfo
 from transferkit.models.plugins import copy_plugin_into_run
 from transferkit.models.transfer import TransferModel, create_model, rebuild_model
 from transferkit.models.usercode import copy_into_run, is_user_spec, resolve_run_code
 from transferkit.models.weights import load_exactly
 from transferkit.runs.tblog import open_log
+from transferkit.runtimes.choose import engine_device
 from transferkit.train.setup import (
     Prepared,
     global_batch,
     limit_training_images,
+    on_device,
     prepare_run_dir,
     restarted_state,
     run_dir_path,
@@ -90,11 +92,11 @@ def _start(cfg: TrainConfig, splits: DataSplits | None, run_dir: Path, resume_st
         # follows collectives), and writes are atomic: every process reads the same state.
         resume_state = resume_state or ckpt.load_checkpoint(run_dir)
         cfg = resume_config(resume_state["config"], cfg)
-    device = dist.setup(cfg.device)
+    device = dist.setup(engine_device(cfg.device, cfg.backend, cfg.precision))  # CPU engines run on the CPU
+    on_it, precision = on_device(cfg, device)  # a precision that cannot run here stops before any work
     progress = make_progress(cfg.quiet)
     tb = open_log(cfg.log if dist.is_main() else "none", run_dir)  # before any work: a missing package fails fast
     seed_everything(cfg.seed)
-    precision = amp_dtype(device, cfg.amp)
     splits = limit_training_images(splits if splits is not None else
                                    load_data(cfg.data, cfg.seed, cfg.allow_outside_paths), cfg)
     if note := ignored_note(splits):
@@ -102,7 +104,7 @@ def _start(cfg: TrainConfig, splits: DataSplits | None, run_dir: Path, resume_st
     tm, specs = _model(cfg, splits, run_dir, resume_state)
     sets = {n: s for n, s in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if s is not None}
     autocast = autocast_for(precision)
-    prepared = training_path(cfg, tm, sets, device, autocast, progress, notes=split_lines(splits))
+    prepared = training_path(on_it, tm, sets, device, autocast, progress, notes=split_lines(splits))
     batch_size = (resume_state or {}).get("batch_size") or global_batch(cfg, prepared.path, device, autocast)
     return Start(cfg, run_dir, splits, tm, specs, prepared, device, precision, progress, tb, batch_size, resume_state)
 
