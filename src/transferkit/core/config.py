@@ -52,6 +52,9 @@ class TrainConfig:
     image_size: int = opt(0, "input size in pixels; 0 uses the backbone's own")
     augment: str = opt("none", "none | flip (random horizontal flips; with the feature cache, the mirror images' features are cached too)",
                        choices=("none", "flip"))
+    exclude: str = opt("", "leave out the images FILE lists, in every split: audit.csv from `transferkit data audit` "
+                           "(its path column, after deleting the rows to keep) or a text file of paths, one a line; "
+                           "built-in sets name images SPEC:SPLIT:ROW (fashion-mnist:train:123)")
     shots: int = opt(0, "few-shot: only K training images per class (chosen by --seed; 0: all)")
     class_weights: str = opt("none", "none | balanced (weight each image's loss by n / (classes x its class's count): "
                                      "rare classes count as much as common ones)", choices=("none", "balanced"))
