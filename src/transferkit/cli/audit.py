@@ -5,10 +5,12 @@ import json
 from pathlib import Path
 
 from transferkit.audit.audit import run_audit
+from transferkit.audit.duplicates import THRESHOLD
 from transferkit.audit.outputs import format_table, to_json, write_files
 from transferkit.audit.page import render
 from transferkit.core.config import TrainConfig
 from transferkit.core.devices import pick_device
+from transferkit.core.errors import UserError
 from transferkit.core.progress import make_progress
 from transferkit.data.specs import load_data
 from transferkit.runs.rundir import read_run
@@ -34,7 +36,10 @@ def settings(args) -> TrainConfig:
 def audit(args) -> tuple[dict, str, bool]:
     """Run the audit and write its files: ``(json, printed summary, leakage found)``."""
     cfg = settings(args)
-    result = run_audit(cfg, load_data(cfg.data, cfg.seed), pick_device(cfg.device), make_progress(cfg.quiet))
+    if args.threshold is not None and not 0 < args.threshold <= 1:
+        raise UserError(f"--threshold {args.threshold}: a cosine similarity in (0, 1]")
+    result = run_audit(cfg, load_data(cfg.data, cfg.seed), pick_device(cfg.device), make_progress(cfg.quiet),
+                       args.threshold or THRESHOLD)
     files = write_files(result, Path(args.out or "audit"), render(result))
     return to_json(result), format_table(result, files), result.leakage
 

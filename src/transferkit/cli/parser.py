@@ -84,6 +84,9 @@ def _audit_flags(p, deep: bool = False) -> None:
     p.add_argument("--image-size", type=int, default=None, help="input size in pixels (default: the backbone's own)")
     p.add_argument("--out", default=None, metavar="DIR", help=f"{when}where audit.html, audit.csv and audit.json go "
                                                              "(default: ./audit)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="flip-invariant cosine similarity from which two images are near-duplicates (default 0.92, "
+                        "measured with known copies: benchmarks/RESULTS.md)")
     p.add_argument("--seed", type=int, default=None, help="seed of the folds and of a plain folder's train/val split "
                                                           "(default: a run's own, else 0)")
     p.add_argument("--skip-bad", action="store_true", help="drop unreadable images (and say how many) instead of stopping")
