@@ -239,7 +239,9 @@ def test_train_exclude_runs_on_the_rest(image_folder, tmp_path, capsys):
     assert main(["train", "--data", str(image_folder), "--out", str(tmp_path / "run"), *TINY_TRAIN,
                  "--exclude", str(listing)]) == 0
     run = json.loads((tmp_path / "run" / "run.json").read_text())
+    whole = load_data(str(image_folder))
     assert run["config"]["exclude"] == str(listing)
+    assert run["data"]["train"] + run["data"]["val"] == len(whole.train) + len(whole.val) - 1
     assert "excluded 1 image(s) listed in x.txt" in capsys.readouterr().err
     assert main(["train", "--data", str(image_folder), "--out", str(tmp_path / "r2"), *TINY_TRAIN,
                  "--exclude", str(tmp_path / "missing.csv")]) == 2
