@@ -245,3 +245,13 @@ def test_train_exclude_runs_on_the_rest(image_folder, tmp_path, capsys):
     assert "excluded 1 image(s) listed in x.txt" in capsys.readouterr().err
     assert main(["train", "--data", str(image_folder), "--out", str(tmp_path / "r2"), *TINY_TRAIN,
                  "--exclude", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_a_run_directory_is_audited_with_its_own_data_and_backbone(tiny_run, tmp_path, capsys):
+    # Random-init features: whether images look alike is noise here, the exit status with it.
+    assert main(["data", "audit", str(tiny_run), "--out", str(tmp_path / "a"), "--format", "json", "--quiet"]) in (0, 1)
+    found = json.loads(capsys.readouterr().out)
+    run = json.loads((tiny_run / "run.json").read_text())
+    assert found["model"] == "resnet18" and found["data"] == run["config"]["data"]
+    assert found["images"] == sum(v for k, v in run["data"].items() if k != "spec")
+    assert main(["data", "audit", str(tiny_run), "--out", str(tmp_path / "b"), "--threshold", "2"]) == 2
