@@ -2,11 +2,13 @@
 
 Each image is compared with every other one as it is and in a mirror:
 ``similarity(a, b) = max(cos(a, b), cos(a, mirror(b)))``, so a mirrored copy is as close as the
-original. Exact brute force: batched matrix products in torch (BLAS on every core), a
-``(batch, N)`` block of similarities at a time, of which only the top ``k`` per row are kept.
-On normalised features reduced to ``DIMS`` dimensions (features.py) this measures faster than
-scikit-learn's ``NearestNeighbors(algorithm="brute", metric="cosine")`` on the same rows
-(benchmarks/audit.py), and it needs no index library.
+original. Exact brute force:
+batched matrix products in torch (BLAS on every core), a ``(batch, N)`` block of similarities at a
+time, of which only the top ``k`` per row are kept: the same neighbours as scikit-learn's
+``NearestNeighbors(algorithm="brute", metric="cosine")``, which has no flip-invariant similarity
+(benchmarks/audit.py times both, one way). The cost grows as N^2: on features reduced to 256
+dimensions (features.py) it is seconds at 10,000 images; an approximate index (hnswlib, faiss)
+is the step to take if 100,000-image audits need to be faster than the benchmark measures.
 """
 from __future__ import annotations
 
