@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, need_extra
 from PIL import Image
 from sklearn.datasets import load_digits
 from test_report import browser_view, static_problems
@@ -93,6 +93,24 @@ def test_neighbours_are_flip_invariant_and_batched(monkeypatch):
     monkeypatch.setattr(neighbors, "BLOCK", 300 * 16)  # 16 rows at a time
     batched = nearest(x, mirrored, 5)
     assert np.array_equal(batched.index, whole.index) and np.allclose(batched.similarity, whole.similarity)
+
+
+def test_large_sets_use_an_hnsw_index_that_finds_the_exact_neighbours(monkeypatch):
+    need_extra("hnswlib", "audit")
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(40, 32))
+    x = normalise(centres[rng.integers(0, 40, 3000)] + 0.6 * rng.normal(size=(3000, 32)))
+    mirrored = normalise(x + 0.3 * rng.normal(size=x.shape))
+    mirrored[11] = x[5]  # image 11 in a mirror is image 5
+    truth = neighbors.exact(x, mirrored, 10)
+    monkeypatch.setattr(neighbors, "EXACT_UP_TO", 1000)
+    found = nearest(x, mirrored, 10)
+    assert found.index[5, 0] == 11 and found.similarity[5, 0] == pytest.approx(1.0, abs=1e-5)
+    assert (found.index != np.arange(3000)[:, None]).all()
+    assert all(len(set(row)) == 10 for row in found.index)  # an image and its mirror image count once
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.index, truth.index)])
+    assert recall >= 0.95, recall
+    assert np.allclose(found.similarity[:, 0], truth.similarity[:, 0], atol=1e-4)
 
 
 def test_duplicate_groups_join_near_copies_and_identical_pixels():
