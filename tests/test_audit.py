@@ -77,6 +77,10 @@ def test_confident_joint_follows_the_paper():
     assert counted.tolist() == [0, 0, 1, 1, 0]  # image 4 reaches class 0's threshold (0.6), not class 1's
     joint = confident.confident_joint(labels, counted, 2)
     assert joint.tolist() == [[2, 1], [1, 1]]
+    # Q = [[0.4, 0.2], [0.2, 0.2]]: one error expected in each class. By class: the least
+    # self-confident image of each; by noise rate: the largest margin towards the other class.
+    for method in ("prune_by_class", "prune_by_noise_rate", "confident_joint"):
+        assert sorted(confident.find_label_issues(probs, labels, method).rows.tolist()) == [2, 4], method
     issues = confident.find_label_issues(probs, labels)
     assert sorted(issues.rows.tolist()) == [2, 4] and issues.suggested[2] == 1 and issues.suggested[4] == 0
     assert issues.error_rate == pytest.approx(1 / 3 * 3 / 5 + 1 / 2 * 2 / 5)
