@@ -133,9 +133,13 @@ def test_outliers_are_far_from_everything_or_from_their_class(digits):
     x, labels = digits
     x = x.copy()
     x[5] = np.random.default_rng(0).normal(size=x.shape[1]) * 50  # noise: near nothing
+    sevens, ones = np.flatnonzero(labels == 7), np.flatnonzero(labels == 1)
+    x[sevens[:3]] = x[ones[:3]] * 1.01  # three "sevens" that look like ones (near each other and the ones)
     unit = normalise(x)
     found = find_outliers(unit, labels, nearest(unit, None, 10), 10)
     assert found.isolation.argmax() == 5 and found.isolation[5] > 4
+    assert set(np.argsort(-found.atypical[sevens])[:3]) == {0, 1, 2}  # the most atypical sevens
+    assert (found.atypical[sevens[:3]] > 3).all() and (found.isolation[sevens[:3]] < 1).all()
 
 
 # ---- the command, on an image folder with injected copies ---------------------------------------
