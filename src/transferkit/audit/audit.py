@@ -61,17 +61,25 @@ class Audit:
         return {kind: sum(f.kind == kind for f in self.findings) for kind in KINDS}
 
 
+def _similarity(table: Table, a: int, b: int) -> float:
+    """Flip-invariant similarity of two rows; 1 for identical pixels."""
+    if table.digests is not None and (table.digests[a] == table.digests[b]).all():
+        return 1.0
+    return float(min(1.0, max(table.x[a] @ table.x[b], table.x[a] @ table.mirrored[b])))
+
+
 def _group_findings(table: Table, groups: list) -> list[Finding]:
     out = []
     for number, group in enumerate(groups):
         splits = [str(table.split[r]) for r in group.members]
         keeper = min(group.members, key=lambda r: (KEEP_FIRST.index(str(table.split[r])), int(r)))
-        how = "identical pixels" if group.exact else f"similarity {group.similarity:.3f}"
         for r in group.members:
             if r == keeper:
                 continue
             across = table.split[r] != table.split[keeper]
-            out.append(Finding("leakage" if across else "duplicate", int(r), group.similarity,
+            score = _similarity(table, int(r), int(keeper))
+            how = "identical pixels" if score == 1.0 and group.exact else f"similarity {score:.3f}"
+            out.append(Finding("leakage" if across else "duplicate", int(r), score,
                                f"remove duplicate (keep {table.names[keeper]})", detail=(
                                    f"copy of {table.split[keeper]} image {table.names[keeper]} ({how}); group of "
                                    f"{len(group.members)} in {', '.join(sorted(set(splits)))}"), group=number,

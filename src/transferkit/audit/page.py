@@ -15,7 +15,7 @@ from transferkit.runs.report import CSS, thumbnail
 CARDS = 200  # findings of one kind shown with thumbnails; the rest are in audit.csv
 
 EXTRA_CSS = """
-.pair{display:flex;gap:6px;justify-content:center}.pair img{width:96px;height:96px}
+.cards{margin-bottom:12px}figure.dup{grid-column:span 2}.pair{display:flex;gap:8px;justify-content:center}.pair img{margin:0 0 6px}
 .score{font-weight:600}.action{color:#b3261e}.kept{color:#217a3c}
 """
 TITLES = {"leakage": "Near-copies across splits (leakage)", "label": "Likely wrong labels",
@@ -51,10 +51,11 @@ def _thumb(audit: Audit, row: int) -> str:
 def _card(audit: Audit, finding) -> str:
     t = audit.table
     picture = _thumb(audit, finding.row)
+    css = ""
     if finding.kept >= 0:  # the copy beside the one it copies
-        picture = f'<div class="pair">{picture}{_thumb(audit, finding.kept)}</div>'
+        picture, css = f'<div class="pair">{picture}{_thumb(audit, finding.kept)}</div>', ' class="dup"'
     label = audit.classes[int(t.labels[finding.row])]
-    return (f"<figure>{picture}<figcaption><code>{_e(t.names[finding.row])}</code><br>{_e(t.split[finding.row])}, "
+    return (f"<figure{css}>{picture}<figcaption><code>{_e(t.names[finding.row])}</code><br>{_e(t.split[finding.row])}, "
             f"labelled <b>{_e(label)}</b><br><span class=score>score {finding.score:.2f}</span> &middot; "
             f"<span class=action>{_e(finding.action)}</span><br>{_e(finding.detail)}</figcaption></figure>")
 
