@@ -52,9 +52,6 @@ class TrainConfig:
     image_size: int = opt(0, "input size in pixels; 0 uses the backbone's own")
     augment: str = opt("none", "none | flip (random horizontal flips; with the feature cache, the mirror images' features are cached too)",
                        choices=("none", "flip"))
-    exclude: str = opt("", "leave out the images FILE lists, in every split: audit.csv from `transferkit data audit` "
-                           "(its path column, after deleting the rows to keep) or a text file of paths, one a line; "
-                           "built-in sets name images SPEC:SPLIT:ROW (fashion-mnist:train:123)")
     shots: int = opt(0, "few-shot: only K training images per class (chosen by --seed; 0: all)")
     class_weights: str = opt("none", "none | balanced (weight each image's loss by n / (classes x its class's count): "
                                      "rare classes count as much as common ones)", choices=("none", "balanced"))
@@ -65,6 +62,9 @@ class TrainConfig:
                                 "match accuracy (--no-calibrate: T = 1)")
     train_limit: int = opt(0, "use only this many training images (a stratified sample by --seed; 0: all), "
                               "for quick experiments")
+    exclude: str = opt("", "leave out the images FILE lists, in every split: audit.csv from `transferkit data audit` "
+                           "(its path column, after deleting the rows to keep) or a text file of paths, one a line; "
+                           "built-in sets name images SPEC:SPLIT:ROW (fashion-mnist:train:123)")
     seed: int = opt(0, "seed for splits, initialisation and data order; a CPU run repeats exactly")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N", )
     amp: str = opt("auto", "auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16", choices=("auto", "off", "bf16", "fp16"))
