@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch torchvision
-	$(PIP) install -q -c constraints.txt -e '.[dev,lite,report,tensorboard,export,serve,hf,data,int8,corrupt]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,lite,report,tensorboard,export,serve,hf,data,int8,corrupt,audit]'
 	touch $@
 
 # Fashion-MNIST ships as a Debian package; without apt the code falls back to the official download.

@@ -51,6 +51,13 @@ def moved_data(tmp: Path) -> str:
     return str(Path(shutil.copytree(tmp / "data", tmp / "moved")))
 
 
+def one_excluded(tmp: Path) -> str:
+    """An --exclude list naming one of the base images."""
+    listing = tmp / "exclude.txt"
+    listing.write_text(f"{sorted((tmp / 'data' / 'a').glob('*.png'))[0]}\n")
+    return str(listing)
+
+
 # field -> changes made to the base settings (a dict), or a function of the scratch folder giving
 # that dict, or why the field is not mutated here.
 MUTATIONS = {
@@ -76,6 +83,7 @@ MUTATIONS = {
     "sampler": {"sampler": "balanced"},
     "calibrate": {"calibrate": False},
     "train_limit": {"train_limit": 12},
+    "exclude": lambda t: {"exclude": one_excluded(t)},
     "seed": {"seed": 4},
     "device": {"device": "cpu"},
     "feature_cache": "--no-feature-cache builds no cache: test_cache checks it",

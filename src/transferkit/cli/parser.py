@@ -83,15 +83,44 @@ def _models(sub):
     p.set_defaults(module="models")
 
 
+AUDIT_HELP = ("label issues (confident learning on out-of-fold probabilities), near-duplicates (flip-invariant, "
+              "grouped; across splits = leakage, exit 1) and outliers, from the features of a pretrained backbone "
+              "(cached: a later train --freeze backbone reuses them); writes audit.html, audit.csv, audit.json")
+
+
+def _audit_flags(p, deep: bool = False) -> None:
+    """The flags of an audit: ``data audit``, and ``data check --deep``."""
+    when = "with --deep: " if deep else ""
+    p.add_argument("--model", help=f"{when}backbone whose features are compared (default: a run's own when SPEC is a "
+                                   "run directory, else efficientnet_lite0, whose weights ship with transferkit)")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
+    p.add_argument("--image-size", type=int, default=None, help="input size in pixels (default: the backbone's own)")
+    p.add_argument("--out", default=None, metavar="DIR", help=f"{when}where audit.html, audit.csv and audit.json go "
+                                                             "(default: ./audit)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="flip-invariant cosine similarity from which two images are near-duplicates (default 0.92, "
+                        "measured with known copies: benchmarks/RESULTS.md)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the folds and of a plain folder's train/val split "
+                                                          "(default: a run's own, else 0)")
+    p.add_argument("--skip-bad", action="store_true", help="drop unreadable images (and say how many) instead of stopping")
+    p.add_argument("--cache-dir", help=CACHE_DIR_HELP)
+    p.add_argument("--device", default="auto")
+    add_engine_flags(p)
+    p.add_argument("--quiet", action="store_true")
+
+
 def _data(sub):
-    p = add_command(sub, "data", "inspect a data set", "transferkit data check path/to/images")
-    data_sub = p.add_subparsers(dest="data_command", metavar="check", parser_class=Parser)
+    p = add_command(sub, "data", "inspect a data set", "transferkit data check path/to/images\n"
+                    "  transferkit data audit path/to/images --out audit/")
+    data_sub = p.add_subparsers(dest="data_command", metavar="check|audit", parser_class=Parser)
     data_sub.required = True
     c = data_sub.add_parser("check", help="classes, counts, duplicates and unusable files; exit 1 when not clean",
                             description="Scan a data set: classes and counts, class imbalance, duplicate files "
                                         "(by content hash) within and across splits, and every unusable file with "
-                                        "the reason. Exit 0 when clean, 1 when not.",
-                            epilog="example:\n  transferkit data check path/to/images",
+                                        "the reason. Exit 0 when clean, 1 when not. --deep also audits it (see "
+                                        "`data audit --help`).",
+                            epilog="example:\n  transferkit data check path/to/images\n"
+                                   "  transferkit data check path/to/images --deep --out audit/",
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("spec", help="data SPEC (folder, CSV or built-in name)")
     c.add_argument("--format", choices=("table", "json"), default="table")
@@ -99,7 +128,23 @@ def _data(sub):
     c.add_argument("--allow-outside-paths", action="store_true", help=OUTSIDE_HELP)
     c.add_argument("--decode-workers", type=int, default=0, metavar="N",
                    help="threads that open and inspect the files (default 0: 4)")
+    c.add_argument("--deep", action="store_true", help="also run `data audit`: " + AUDIT_HELP)
+    _audit_flags(c, deep=True)
     c.set_defaults(module="data")
+    a = data_sub.add_parser("audit", help="wrong labels, near-duplicates, leakage across splits and outliers; "
+                                          "exit 1 on leakage",
+                            description="Audit a data set: " + AUDIT_HELP + ". SPEC may also be a run directory: its "
+                                        "data, backbone, weights, image size and seed are used. Exit 0, or 1 when "
+                                        "images of one split are near-copies of images of another.",
+                            epilog="example:\n  transferkit data audit path/to/images --out audit/\n"
+                                   "  transferkit train --data path/to/images --exclude audit/audit.csv   # after review",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("spec", help="data SPEC (folder, CSV or built-in name), or a run directory")
+    a.add_argument("--format", choices=("table", "json"), default="table",
+                   help="what is printed: a summary (table) or every finding (json)")
+    a.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this")
+    _audit_flags(a)
+    a.set_defaults(module="data")
 
 
 def _train(sub):

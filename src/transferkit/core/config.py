@@ -63,6 +63,9 @@ class TrainConfig:
                                 "match accuracy (--no-calibrate: T = 1)")
     train_limit: int = opt(0, "use only this many training images (a stratified sample by --seed; 0: all), "
                               "for quick experiments")
+    exclude: str = opt("", "leave out the images FILE lists, in every split: audit.csv from `transferkit data audit` "
+                           "(its path column, after deleting the rows to keep) or a text file of paths, one a line; "
+                           "built-in sets name images SPEC:SPLIT:ROW (fashion-mnist:train:123)")
     seed: int = opt(0, "seed for splits, initialisation and data order; a CPU run repeats exactly")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N", )
     feature_cache: bool = opt(True, "cache the frozen part's outputs and train the rest on them (--no-feature-cache: "

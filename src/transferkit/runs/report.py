@@ -81,7 +81,7 @@ def load_outputs(path: Path) -> dict | None:
                 "probs_uncalibrated": raw.astype(np.float32) if raw is not None else None}
 
 
-def _thumbnail(array: np.ndarray) -> bytes:
+def thumbnail(array: np.ndarray) -> bytes:
     """uint8 (C, H, W) -> PNG, enlarged with hard pixel edges when tiny (8x8 digits, 28x28 Fashion-MNIST)."""
     image = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
     if max(image.size) < THUMB:
@@ -107,7 +107,7 @@ def load_thumbnails(data: str, seed: int, split: str, rows: list[int],
         wanted = imageset.subset(kept)
         decoded, _ = wanted.decode(THUMB, "bilinear", skip_bad=True)
         pixels = dict(zip(decoded.paths, decoded.images.numpy()))
-        return {row: _thumbnail(pixels[n]) for row, n in zip(kept, wanted.paths) if n in pixels}, None
+        return {row: thumbnail(pixels[n]) for row, n in zip(kept, wanted.paths) if n in pixels}, None
     for row in rows:
         if row >= len(imageset):
             continue
@@ -116,7 +116,7 @@ def load_thumbnails(data: str, seed: int, split: str, rows: list[int],
                 array = imageset.batch(torch.tensor([row]))[0].numpy()
             else:
                 array = load_item(imageset.item(row), THUMB, "bilinear", DEFAULT_MAX_PIXELS)
-            out[row] = _thumbnail(array)
+            out[row] = thumbnail(array)
         except (BadImage, OSError):
             continue  # the card says "image unavailable"
     return out, None

@@ -24,6 +24,7 @@ from transferkit.models.fewshot import is_fewshot
 from transferkit.models.freeze import FreezePlan, apply_freeze, plan_freeze
 from transferkit.models.shapecheck import check_shapes
 from transferkit.models.transfer import TransferModel
+from transferkit.train.exclude import exclude_images
 from transferkit.train.paths import TrainPath, choose_path
 
 
@@ -53,9 +54,12 @@ def shots_per_class(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
 
 
 def limit_training_images(splits: DataSplits, cfg: TrainConfig) -> DataSplits:
-    """``--train-limit``: a stratified sample of the training split; ``--shots K``: K images per class.
+    """``--exclude FILE``: the listed images left out of every split (train/exclude.py); then
+    ``--train-limit``: a stratified sample of the training split; ``--shots K``: K images per class.
     Both the same for a given seed; validation and test splits stay whole."""
     splits.split("train")  # data with no training split (a test-only parquet set): one clear error
+    if cfg.exclude:
+        splits = exclude_images(splits, cfg.exclude)
     if cfg.train_limit and cfg.train_limit < len(splits.train):
         keep, _ = stratified_split(splits.train.labels.numpy(), 1 - cfg.train_limit / len(splits.train), cfg.seed)
         splits.train = splits.train.subset(keep)
