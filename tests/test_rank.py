@@ -92,3 +92,20 @@ def test_rank_command_on_real_digits(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "best: transferkit train --data digits --model efficientnet_lite0" in out
+
+
+def test_robust_ranking_scores_heads_on_corrupted_validation_images(tmp_path):
+    """--robust W: each head is also scored on corrupted validation images, and the sort key blends them."""
+    from transferkit.core.config import TrainConfig
+    from transferkit.data.specs import load_data
+    from transferkit.plan.rank import rank
+
+    cfg = TrainConfig(data="digits", cache_dir=str(tmp_path / "cache"), quiet=True).validate()
+    result = rank(cfg, load_data("digits"), candidates_for(["efficientnet_lite0"], [32]), sample=300, robust=0.5)
+    row = result.rows[0]
+    assert set(row.robust) == set(row.heads)
+    assert all(0 <= v <= 1 for v in row.robust.values())
+    assert row.expected == pytest.approx(0.5 * row.heads[row.head] + 0.5 * row.robust[row.head])
+    assert min(row.robust.values()) < max(row.heads.values())  # corruptions cost accuracy
+    with pytest.raises(Exception, match="--robust"):
+        rank(cfg, load_data("digits"), candidates_for(["efficientnet_lite0"], [32]), sample=300, robust=2)
