@@ -18,7 +18,7 @@ from conftest import make_image_folder
 from PIL import Image
 
 from transferkit.core.config import TrainConfig
-from transferkit.engine.feature_cache import FeaturePairs
+from transferkit.engine.feature_cache import FeatureViews
 from transferkit.runtimes import choose as choose_module
 from transferkit.runtimes import reduced
 from transferkit.train.features import EXACT, torch_numerics
@@ -122,7 +122,9 @@ def cached(scratch: Path, changes: dict, name: str) -> dict:
     s = start(TrainConfig(**settings).validate())
     slots = {}
     for split, source in s.prepared.path.sources.items():
-        parts = {"": source} if not isinstance(source, FeaturePairs) else {"": source.plain, "mirrored": source.mirrored}
+        parts = {"": source}
+        if isinstance(source, FeatureViews):  # mirror images or augmented views, and the plain features if held
+            parts = {**({"": source.plain} if source.plain is not None else {}), **dict(zip(source.names, source.views))}
         for variant, features in parts.items():
             slots[(split, variant)] = (features.path.name, features.features.read(np.arange(len(features))))
     return slots

@@ -29,6 +29,7 @@ from transferkit.models.weights import load_exactly
 from transferkit.runs.tblog import open_log
 from transferkit.train.setup import (
     Prepared,
+    check_recipe,
     global_batch,
     limit_training_images,
     prepare_run_dir,
@@ -90,6 +91,7 @@ def _start(cfg: TrainConfig, splits: DataSplits | None, run_dir: Path, resume_st
         # follows collectives), and writes are atomic: every process reads the same state.
         resume_state = resume_state or ckpt.load_checkpoint(run_dir)
         cfg = resume_config(resume_state["config"], cfg)
+    check_recipe(cfg)  # a mistyped --augment stops the run before anything loads
     device = dist.setup(cfg.device)
     progress = make_progress(cfg.quiet)
     tb = open_log(cfg.log if dist.is_main() else "none", run_dir)  # before any work: a missing package fails fast
