@@ -193,3 +193,20 @@ def test_a_training_batch_reads_one_view_per_image_whatever_v():
     assert sum(v.read for v in views) == n  # one row per image: memory and reads as for one plain batch
     assert len(set(seen)) == count
     assert torch.equal(source.batch(torch.arange(3))[:, 0], torch.arange(3).float())  # evaluation: the first view
+
+
+def test_an_augmented_view_is_named_by_spec_view_and_seed():
+    from transferkit.data.augment.views import Augmented
+    from transferkit.data.imagesets import TensorImages
+
+    images = TensorImages(ramps(6), torch.zeros(6, dtype=torch.long), ["a"], "ramps")
+    light = Augmentation(parse_augment("light"), SIZE, mean=IMAGENET_MEAN)
+    view = lambda aug, v, seed: Augmented(images, aug, v, seed)  # noqa: E731
+    same = view(Augmentation(parse_augment("crop,flip"), SIZE, mean=IMAGENET_MEAN), 1, 0)
+    assert view(light, 1, 0).fingerprint(labels=False) == same.fingerprint(labels=False)
+    others = [view(light, 2, 0), view(light, 1, 5), view(Augmentation(parse_augment("strong"), SIZE, mean=IMAGENET_MEAN), 1, 0),
+              view(Augmentation(parse_augment("light"), SIZE + 8, mean=IMAGENET_MEAN), 1, 0)]
+    assert len({o.fingerprint(labels=False) for o in others} | {same.fingerprint(labels=False)}) == 5
+    index = torch.tensor([4, 1])
+    assert torch.equal(view(light, 1, 0).batch(index), light(ramps(2), view_seeds(0, 1, index)))
+    assert not torch.equal(view(light, 1, 0).batch(index), view(light, 2, 0).batch(index))
