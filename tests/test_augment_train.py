@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import make_image_folder
 
 from transferkit.cli import main
@@ -136,3 +137,18 @@ def test_flipping_digits_is_warned_about(tmp_path, capsys):
     assert "warning: --augment crop:0.35,flip:0.5 mirrors images, and digits is handwritten digits" in err
     assert main(["data", "check", "digits"]) == 0
     assert "do not train it with flips" in capsys.readouterr().out
+
+
+def test_the_views_source_holds_no_rows_in_memory(image_folder, tmp_path):
+    """Eight views of each image stay on disk: the training source holds labels, never a view's rows."""
+    import numpy as np
+
+    from transferkit.core.records import Records
+    from transferkit.train.start import start
+
+    cfg = TrainConfig(data=str(image_folder), model="resnet18", weights="none", image_size=32, quiet=True,
+                      augment="light", views=8, out=str(tmp_path / "r"), cache_dir=str(tmp_path / "c")).validate()
+    source = start(cfg).prepared.path.sources["train"]
+    assert len(source.views) == 8 and all(isinstance(view.features, Records) for view in source.views)
+    held = [x for part in (source, *source.views) for x in vars(part).values() if isinstance(x, (torch.Tensor, np.ndarray))]
+    assert held and all(len(x) <= len(source) for x in held)  # the labels, one per image
