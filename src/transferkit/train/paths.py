@@ -135,7 +135,7 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
         return plain(f"--freeze {cfg.freeze} freezes no whole leading stages")
     aug = augmenting(cfg, pre, cached=True)
     if aug.spec.random and not aug.views:
-        return plain(f"--augment {aug.spec.canonical} draws new pixels every epoch and DEFAULT_VIEWS is 0")
+        return plain(f"--augment {aug.spec.canonical} draws new pixels every epoch; --views V caches V views of each image")
     cache = front_cache(cfg, tm, plan.cut, sets, pre, device, autocast, progress)
     if isinstance(cache, str):
         return plain(cache)

@@ -60,13 +60,12 @@ def limit_training_images(splits: DataSplits, cfg: TrainConfig) -> DataSplits:
 
 def check_recipe(cfg: TrainConfig) -> None:
     """Settings that only make sense together (and the augmentation grammar, before anything loads)."""
-    spec = parse_augment(cfg.augment)
-    parse_feature_augment(cfg.feature_augment, cfg.seed)
+    spec, frofa = parse_augment(cfg.augment), parse_feature_augment(cfg.feature_augment, cfg.seed)
     if cfg.views and not spec.random:
         raise UserError(f"--views {cfg.views} caches augmented views of each image: give a random --augment (light, "
                         f"strong or a list){'; flip is already two fixed views' if spec.mirror_only else ''}")
     changes = [flag for flag, on in (("--augment", spec.random), ("--mixup", cfg.mixup), ("--cutmix", cfg.cutmix),
-                                     ("--feature-augment", cfg.feature_augment.strip().lower() != "none")) if on]
+                                     ("--feature-augment", frofa is not None)) if on]
     if is_fewshot(cfg.head) and changes:
         raise UserError(f"--head {cfg.head} is fitted in one pass over the unaugmented training features: "
                         f"{', '.join(changes)} would change nothing; drop {'it' if len(changes) == 1 else 'them'}")
