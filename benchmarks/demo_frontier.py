@@ -52,6 +52,10 @@ CANDIDATES = {
     # one epoch fewer, to fit 10 minutes, and flip TTA at eval
     "96-freeze6-augflip-4-bf16-tta": {"image-size": 96, "freeze": "6", "epochs": 4, "augment": "flip",
                                       "precision": "bf16", "tta": "flip"},
+    # augmented views through the cache: crops and flips at the cache's epoch speed, V x the build
+    "96-freeze7-light-v2-6": {"image-size": 96, "freeze": "7", "epochs": 6, "augment": "crop:0.5,flip", "views": 2},
+    "96-freeze6-light-v2-5-bf16": {"image-size": 96, "freeze": "6", "epochs": 5, "augment": "crop:0.5,flip", "views": 2,
+                                   "precision": "bf16"},
 }
 
 

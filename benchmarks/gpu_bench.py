@@ -84,7 +84,7 @@ def ours(images, labels, epochs: int, batch_size: int) -> dict:
         state.epoch, state.batch, state.sums = epoch, 0, {"loss": 0.0, "correct": 0, "n": 0}
         torch.cuda.synchronize()
         start = time.perf_counter()
-        train_one_epoch(net, batches, lambda raw, s, b: prepare(raw, pre, device, channels_last=True), optimizer,
+        train_one_epoch(net, batches, lambda raw, s, b, i=None: prepare(raw, pre, device, channels_last=True), optimizer,
                         scheduler, state, set_train=lambda: train_mode(net, frozen), autocast=autocast_for(precision),
                         scaler=scaler)
         torch.cuda.synchronize()

@@ -18,7 +18,7 @@ from conftest import make_image_folder
 from PIL import Image
 
 from transferkit.core.config import TrainConfig
-from transferkit.engine.feature_cache import FeaturePairs
+from transferkit.engine.feature_cache import FeatureViews
 from transferkit.runtimes import choose as choose_module
 from transferkit.runtimes import reduced
 from transferkit.train.features import EXACT, torch_numerics
@@ -42,6 +42,14 @@ def other_weights(tmp: Path) -> str:
 
 def other_data(tmp: Path) -> str:
     return str(make_image_folder(tmp / "other", classes=("a", "b", "c"), per_class=8, seed=9))
+
+
+def split_data(tmp: Path) -> str:
+    """Images in train/ and val/ folders: a --seed that does not choose the split."""
+    if not (tmp / "split").is_dir():
+        for split, seed in (("train", 0), ("val", 1)):
+            make_image_folder(tmp / "split" / split, classes=("a", "b", "c"), per_class=4, seed=seed)
+    return str(tmp / "split")
 
 
 def moved_data(tmp: Path) -> str:
@@ -77,7 +85,11 @@ MUTATIONS = {
     "batch_size": {"batch_size": "8"},
     "accumulate": {"accumulate": 2},
     "image_size": {"image_size": 40},
-    "augment": {"augment": "flip"},
+    "augment": [{"augment": "flip"}, {"augment": "light", "views": 1}],
+    "views": {"augment": "light", "views": 2},
+    "mixup": {"mixup": 0.2},
+    "cutmix": "mixes batches read from the cache, as --mixup does (its case runs); refused on the base's pooled vectors",
+    "feature_augment": {"feature_augment": "brightness"},
     "shots": {"shots": 3},
     "class_weights": {"class_weights": "balanced"},
     "sampler": {"sampler": "balanced"},
@@ -106,7 +118,12 @@ MUTATIONS = {
 }
 # Engine cases against each other, not only against the torch base.
 PAIRS = [({"precision": "int8", "backend": "onnxruntime"}, {"precision": "int8", "backend": "onnxruntime", "train_limit": 18}),
-         ({"precision": "bf16", "backend": "openvino"}, {"precision": "bf16", "backend": "torch"})]
+         ({"precision": "bf16", "backend": "openvino"}, {"precision": "bf16", "backend": "torch"}),
+         # augmented views: view v is the same pixels whatever V (reused), other specs and seeds are not
+         ({"augment": "light", "views": 2}, {"augment": "light", "views": 3}),
+         ({"augment": "light", "views": 2}, {"augment": "strong", "views": 2}),
+         (lambda t: {"data": split_data(t), "weights": other_weights(t), "augment": "light", "views": 1},
+          lambda t: {"data": split_data(t), "weights": other_weights(t), "augment": "light", "views": 1, "seed": 4})]
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +148,9 @@ def cached(scratch: Path, changes: dict, name: str) -> dict:
     s = start(TrainConfig(**settings).validate())
     slots = {}
     for split, source in s.prepared.path.sources.items():
-        parts = {"": source} if not isinstance(source, FeaturePairs) else {"": source.plain, "mirrored": source.mirrored}
+        parts = {"": source}
+        if isinstance(source, FeatureViews):  # mirror images or augmented views, and the plain features if held
+            parts = {**({"": source.plain} if source.plain is not None else {}), **dict(zip(source.names, source.views))}
         for variant, features in parts.items():
             slots[(split, variant)] = (features.path.name, features.features.read(np.arange(len(features))))
     return slots
@@ -182,7 +201,7 @@ def test_key_changes_exactly_when_the_features_do(scratch, left, right, request)
         sides.append(cached(scratch, resolved, f"{request.node.callspec.id}-{n}"))
     base, other = sides
     common = set(base) & set(other)
-    assert ("train", "") in common and ("val", "") in common
+    assert ("val", "") in common and all(any(split == "train" for split, _ in side) for side in sides)
     for slot in sorted(common):
         (key_a, a), (key_b, b) = base[slot], other[slot]
         same = same_numbers(a, b)
@@ -200,6 +219,10 @@ def test_the_cases_were_not_vacuous():
     for case in ("data-0", "model-0", "weights-0", "image_size-0", "seed-0", "max_pixels-0", "precision-1"):
         assert case in changed or case not in {c for c, _ in OUTCOMES}, case
     assert {"data-1", "max_pixels-1", "data_cache-0", "backend-0", "epochs-0"} <= kept
+    ran = {c for c, _ in OUTCOMES}
+    views = {case: {same for (c, slot), same in OUTCOMES.items() if c == case and slot[0] == "train"} for case in ran}
+    assert views.get("engines-2", {True}) == {True}  # views 0 and 1 of V = 2 and V = 3: the same features, one key
+    assert views.get("engines-3", {False}) == {False} and views.get("engines-4", {False}) == {False}
 
 
 def test_numerics_of_torch_itself():

@@ -56,7 +56,7 @@ def test_range_test_restores_model_optimizer_and_rng():
     before_step = optimizer.state_dict()["state"][0]["step"].clone()
     rng = torch.get_rng_state()
 
-    finding = range_test(model, Batches(_Data(), 16, shuffle=True), lambda raw, _s, _b: raw, optimizer,
+    finding = range_test(model, Batches(_Data(), 16, shuffle=True), lambda raw, _s, _b, _i: raw, optimizer,
                          set_train=model.train, steps=60)
     assert all(torch.equal(before_model[k], v) for k, v in model.state_dict().items())
     assert json.dumps(optimizer.state_dict()["param_groups"]) == before_opt
@@ -80,7 +80,7 @@ def test_range_test_keeps_the_ratio_between_parameter_groups():
             seen.append([g["lr"] for g in optimizer.param_groups])
             return self.head(self.body(x))
 
-    range_test(Spy(), Batches(_Data(), 16), lambda raw, _s, _b: raw, optimizer, set_train=lambda: None, steps=10)
+    range_test(Spy(), Batches(_Data(), 16), lambda raw, _s, _b, _i: raw, optimizer, set_train=lambda: None, steps=10)
     assert all(b == pytest.approx(a * 0.1) for a, b in seen)
     assert [g["lr"] for g in optimizer.param_groups] == [1.0, 0.1]  # restored
 

@@ -51,8 +51,22 @@ class TrainConfig:
     batch_size: str = opt("64", "images per optimizer step, or 'auto' (largest that fits the GPU; 64 on CPU)")
     accumulate: int = opt(1, "split each batch into this many micro-batches (same maths, less memory)")
     image_size: int = opt(0, "input size in pixels; 0 uses the backbone's own")
-    augment: str = opt("none", "none | flip (random horizontal flips; with the feature cache, the mirror images' features are cached too)",
-                       choices=("none", "flip"))
+    augment: str = opt("none", "training augmentation (torchvision v2, seeded per image): none | flip | light "
+                               "(RandomResizedCrop scale 0.35-1 + flip) | strong (light + TrivialAugmentWide + "
+                               "RandomErasing 0.1) | a comma list of crop[:MIN_SCALE], flip[:P], jitter[:S], "
+                               "grayscale[:P], blur[:ODD_K], rotate[:DEG], trivial, erase[:P]. Validation and test "
+                               "are never augmented. Do not flip digits or text")
+    views: int = opt(0, "with a random --augment: V fixed augmented views of each training image, one drawn per "
+                        "image each epoch; with a frozen front each view's features are cached once (V x the "
+                        "build, epochs at the cache's speed). 0: 4 views on the feature cache, a new draw every "
+                        "epoch without it")
+    mixup: float = opt(0.0, "MixUp alpha (0: off; 0.2 is the references' value): each image mixed with another of its "
+                            "batch, labels mixed alike. On the feature cache it mixes the cached features")
+    cutmix: float = opt(0.0, "CutMix alpha (0: off; 1.0 is the references' value); with --mixup each batch takes one "
+                             "of the two. On the feature cache it cuts boxes of cached feature maps (not of pooled vectors)")
+    feature_augment: str = opt("none", "none | brightness[:STRENGTH] (FroFA's channel-wise brightness on cached "
+                                       "features: a per-image, per-channel offset of STRENGTH x U(-1, 1) x the "
+                                       "features' std; default strength 0.5). Needs the feature cache")
     shots: int = opt(0, "few-shot: only K training images per class (chosen by --seed; 0: all)")
     class_weights: str = opt("none", "none | balanced (weight each image's loss by n / (classes x its class's count): "
                                      "rare classes count as much as common ones)", choices=("none", "balanced"))
@@ -132,6 +146,8 @@ class TrainConfig:
                 raise UserError(f"--{f.name.replace('_', '-')} must be one of {', '.join(allowed)}")
         if self.feed == "stream" and not self.data_cache:
             raise UserError("--feed stream reads the decoded-image cache: drop --no-data-cache")
+        if self.views < 0 or not (0 <= self.mixup < float("inf")) or not (0 <= self.cutmix < float("inf")):
+            raise UserError("--views, --mixup and --cutmix must not be negative")
         if not (0 <= self.label_smoothing < 1) or self.backbone_lr_scale < 0 or self.warmup_epochs < 0:
             raise UserError("--label-smoothing must be in [0, 1); --backbone-lr-scale and --warmup-epochs >= 0")
         return self

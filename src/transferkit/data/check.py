@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 
+from transferkit.data.augment.spec import mirror_note
 from transferkit.data.images import DEFAULT_MAX_PIXELS, BadImage, open_rgb
 from transferkit.data.specs import load_data, split_sources
 from transferkit.data.splitnames import SAID
@@ -84,6 +85,8 @@ def check_data(spec: str, max_pixels: int | None = None, allow_outside_paths: bo
         report["warnings"].append(f"class imbalance: largest/smallest training class = "
                                   f"{max(train_counts) / min(train_counts):.1f}; consider train --class-weights balanced "
                                   "or --sampler balanced, and judge by balanced accuracy and macro-F1 (eval shows both)")
+    if note := mirror_note(spec):
+        report["warnings"].append(note)
     unread = [f for f in report["ignored_folders"] if f["images"]]
     report["clean"] = not report["bad_files"] and not report["cross_split_duplicates"] and not unread
     return report

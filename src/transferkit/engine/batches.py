@@ -2,7 +2,9 @@
 
 A resumed epoch replays the same batches without any saved sampler state, and under DDP every
 process takes its slice of the same global batch, so a torchrun run visits images in the
-single-process order.
+single-process order. A source with several versions of each image (engine/feature_cache.py's
+``FeatureViews``) has a ``draw(index, epoch, b)`` that training batches (shuffled ones) read
+through, so which version an image takes depends only on (seed, epoch, batch) too.
 """
 from __future__ import annotations
 
@@ -76,11 +78,13 @@ class Batches:
 
     def _batches(self, epoch: int, start: int):
         order = self.order(epoch)
+        draw = getattr(self.source, "draw", None) if self.shuffle else None
         for b in range(start, len(self)):
             index = order[b * self.batch_size:b * self.batch_size + self.size(b)]
             if self.world > 1:
                 index = index.tensor_split(self.world)[self.rank]
-            yield b, index, self.source.batch(index), self.source.labels[index]
+            raw = draw(index, epoch, b) if draw else self.source.batch(index)
+            yield b, index, raw, self.source.labels[index]
 
 
 def auto_batch_size(module, sample_shape: tuple, device: torch.device, autocast, limit: int, dtype=torch.float32) -> int:

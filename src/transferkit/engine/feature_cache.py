@@ -1,8 +1,8 @@
 """The feature cache: the frozen front of the model runs once per image, not once per epoch.
 
-When the first stages are frozen (BatchNorm in eval mode, no random augmentation), their output
-is a fixed function of the image, so we compute it once, store it as fp16 rows of an ``.npy``
-file and train the remaining stages on it. The entry (``CACHE_DIR/features/KEY``) is named by a
+When the first stages are frozen (BatchNorm in eval mode), their output is a fixed function of
+the image (or of each of a few fixed views of it: ``FeatureViews``), so we compute it once, store
+it as fp16 rows of an ``.npy`` file and train the remaining stages on it. The entry (``CACHE_DIR/features/KEY``) is named by a
 hash of everything that changes the features (backbone, weights sha256, cut, preprocessing, data
 fingerprint, library versions). Building, reusing, concurrent runs and leftovers of killed runs
 follow the one cache-folder policy in ``core/cachedir.py``.
@@ -21,6 +21,7 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -58,30 +59,51 @@ class FeatureSet:
 
 
 @dataclass
-class FeaturePairs:
-    """Features of each image and of its mirror image (``--augment flip``): a batch is ``(B, 2, ...)``,
-    and the training step picks one of the two per row."""
+class FeatureViews:
+    """Several cached versions of each training image's features: its mirror image (``--augment
+    flip``: views ``[plain, mirrored]``) or V augmented views (``--views``). A training batch
+    (``draw``) takes one version per image, the one ``pick(index, epoch, b)`` names, and reads
+    only those rows: memory and I/O per batch are those of one plain batch, whatever V is.
+    ``batch`` (evaluation, shape probes) reads ``plain`` when held, else the first view."""
 
-    plain: FeatureSet
-    mirrored: FeatureSet
+    views: list                     # FeatureSet per view, rows read on demand
+    pick: Callable                  # (index, epoch, batch) -> LongTensor: the view of each image
+    names: tuple                    # one per view, for the log and the tests
+    plain: FeatureSet | None = None  # the unaugmented features, when something needs them
 
     def __len__(self) -> int:
-        return len(self.plain)
+        return len(self.views[0])
 
     @property
     def labels(self) -> torch.Tensor:
-        return self.plain.labels
+        return self.views[0].labels
 
     def batch(self, index: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.plain.batch(index), self.mirrored.batch(index)], 1)
+        return (self.plain or self.views[0]).batch(index)
+
+    def draw(self, index: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
+        picks = self.pick(index, epoch, b)
+        out = None
+        for view in picks.unique().tolist():
+            rows = (picks == view).nonzero().squeeze(1)
+            part = self.views[view].batch(index[rows])
+            if out is None:
+                out = torch.empty((len(index), *part.shape[1:]), dtype=part.dtype)
+            out[rows] = part
+        return out if out is not None else self.views[0].batch(index)
 
     @property
     def shape(self) -> tuple:
-        return self.plain.shape
+        return self.views[0].shape
 
     @property
     def nbytes(self) -> int:
-        return self.plain.nbytes + self.mirrored.nbytes
+        extra = self.plain is not None and all(v is not self.plain for v in self.views)
+        return sum(v.nbytes for v in self.views) + (self.plain.nbytes if extra else 0)
+
+    @property
+    def built(self) -> bool:
+        return any(v.built for v in self.views)
 
 
 def cache_key(parts: dict) -> str:

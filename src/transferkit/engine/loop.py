@@ -1,7 +1,12 @@
 """The epoch loop, written to read like the recipe: batches in, loss down, metrics out.
 
 It knows nothing about files: the trainer hands it a module, a batch source (images or cached
-features) and a function that turns a raw batch into the module's input on the device.
+features) and a function that turns a raw batch into the module's input on the device
+(``to_input(raw, state, b)``; training batches add the images' indices, which seed their
+augmentation: ``state`` is None outside training, where nothing is augmented), and optionally ``mix``, which turns a training batch and its labels into a mixed
+batch and label probabilities (MixUp, CutMix). The loss takes either kind of target; ``train
+acc`` compares each prediction with the label an image mostly is (for a mixed pair, the one with
+the larger share).
 Data order comes from a generator seeded by (seed, epoch), so a resumed epoch replays the
 same batches without having saved any sampler state.
 """
@@ -49,28 +54,41 @@ def balanced_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tens
 
 
 def classification_loss(logits, y, label_smoothing: float, class_weights: torch.Tensor | None = None):
-    """Cross-entropy; with class weights, each image's loss times its class's weight, averaged over the
+    """Cross-entropy against class indices or (mixed) class probabilities, label smoothing applied on
+    top of either (torch mixes the target with the uniform distribution). With class weights, each
+    image's loss times its class's weight (for probabilities, their weighted sum), averaged over the
     images (not over the weights, as torch's weighted mean does): the same number whether a batch is
     split into micro-batches or between processes, so weighted runs keep the exact-resume and DDP rules."""
     if class_weights is None:
         return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     per_image = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing, reduction="none")
-    return (per_image * class_weights[y]).mean()
+    weights = y.float() @ class_weights if y.is_floating_point() else class_weights[y]
+    return (per_image * weights).mean()
+
+
+def dominant(y: torch.Tensor) -> torch.Tensor:
+    """The label each target mostly is: itself, or the larger share of a mixed pair."""
+    return y.argmax(1) if y.is_floating_point() else y
 
 
 def train_one_epoch(module, batches: Batches, to_input: Callable, optimizer, scheduler, state: StepState, *,
                     set_train: Callable, label_smoothing: float = 0.0, accumulate: int = 1,
                     autocast=nullcontext, scaler=None, on_step: Callable | None = None, progress=None,
-                    sync: Callable | None = None, class_weights: torch.Tensor | None = None) -> dict:
+                    sync: Callable | None = None, class_weights: torch.Tensor | None = None,
+                    mix: Callable | None = None) -> dict:
     """One pass over ``batches`` from ``state.batch`` on. ``sync`` turns this process's
     ``[loss sum, correct, images]`` of a step into every process's total (DDP), so the sums in
-    ``state`` and the numbers returned are the whole batch's on every process."""
+    ``state`` and the numbers returned are the whole batch's on every process. ``mix(x, y, epoch,
+    b)`` mixes each whole batch before it is split into micro-batches (the same maths whatever
+    ``accumulate`` is)."""
     set_train()
     start_time, start_n = time.perf_counter(), state.sums["n"]
     bar = progress(total=len(batches), initial=state.batch, desc=f"epoch {state.epoch + 1}", unit="batch") if progress else None
     for b, index, raw, target in batches(state.epoch, start=state.batch):
         optimizer.zero_grad(set_to_none=True)
-        x_all, y_all = to_input(raw, state, b), target.to(next(module.parameters()).device, non_blocking=True)
+        x_all, y_all = to_input(raw, state, b, index), target.to(next(module.parameters()).device, non_blocking=True)
+        if mix is not None:
+            x_all, y_all = mix(x_all, y_all, state.epoch, b)
         # DDP averages gradients over processes: weighting this process's mean loss by
         # images * world / global batch makes that average the single-process batch mean.
         global_n = batches.size(b)
@@ -88,7 +106,7 @@ def train_one_epoch(module, batches: Batches, to_input: Callable, optimizer, sch
                 weighted = loss * (len(y) * batches.world / global_n)
                 (scaler.scale(weighted) if scaler else weighted).backward()
             device_loss = loss.detach() * len(y) if device_loss is None else device_loss + loss.detach() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            correct += int((logits.argmax(1) == dominant(y)).sum())
         local = [float(device_loss) if device_loss is not None else 0.0, correct, len(y_all)]
         loss_sum, correct, batch_n = sync(local) if sync else local
         value = loss_sum / max(1, batch_n)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from transferkit.core.config import saved_settings
 from transferkit.core.devices import pick_device
@@ -26,6 +25,7 @@ from transferkit.core.progress import log
 from transferkit.core.safeio import atomic_write, write_json_atomic
 from transferkit.data.specs import ignored_note, load_data
 from transferkit.engine.batches import Batches
+from transferkit.engine.loop import StepState, classification_loss
 from transferkit.engine.optim import autocast_for, make_optimizer
 from transferkit.models.fewshot import is_fewshot
 from transferkit.models.freeze import param_groups, train_mode
@@ -33,7 +33,14 @@ from transferkit.models.outputs import split_outputs
 from transferkit.models.transfer import create_model
 from transferkit.runs.plots import lr_find_png
 from transferkit.runtimes.choose import engine_device
-from transferkit.train.setup import global_batch, limit_training_images, on_device, seed_everything, training_path
+from transferkit.train.setup import (
+    check_recipe,
+    global_batch,
+    limit_training_images,
+    on_device,
+    seed_everything,
+    training_path,
+)
 
 START_LR, END_LR, STEPS = 1e-7, 1.0, 100
 SMOOTHING = 0.98     # fastai's beta: heavy smoothing, the raw per-batch loss is noisy
@@ -72,11 +79,13 @@ def suggest(lrs: list, losses: list) -> float:
 
 
 def range_test(module, batches, to_input, optimizer, *, set_train, start_lr: float = START_LR, end_lr: float = END_LR,
-               steps: int = STEPS, label_smoothing: float = 0.0, autocast=nullcontext, progress=None) -> LRFinding:
+               steps: int = STEPS, label_smoothing: float = 0.0, autocast=nullcontext, progress=None,
+               mix=None) -> LRFinding:
     """Sweep ``optimizer``'s learning rate over ``batches`` (cycled as needed), then restore everything.
 
     Parameter groups keep their ratios: each group's lr is the sweep value times its share of
-    the largest group's lr (so unfrozen backbone layers stay at ``--backbone-lr-scale``).
+    the largest group's lr (so unfrozen backbone layers stay at ``--backbone-lr-scale``). The
+    batches are augmented and mixed as training's are (``to_input`` gets a training state).
     """
     if not (0 < start_lr < end_lr) or steps < 3:
         raise ValueError("need 0 < start_lr < end_lr and at least 3 steps")
@@ -94,14 +103,17 @@ def range_test(module, batches, to_input, optimizer, *, set_train, start_lr: flo
         set_train()
         step, epoch = 0, 0
         while step < steps:
-            for b, _index, x_raw, target in batches(epoch):
+            for b, index, x_raw, target in batches(epoch):
                 lr = start_lr * (end_lr / start_lr) ** (step / (steps - 1))
                 for group, share in zip(optimizer.param_groups, shares):
                     group["lr"] = lr * share
                 optimizer.zero_grad(set_to_none=True)
+                x, y = to_input(x_raw, StepState(epoch=epoch), b, index), target.to(device)
+                if mix is not None:
+                    x, y = mix(x, y, epoch, b)
                 with autocast():
-                    logits, aux = split_outputs(module(to_input(x_raw, None, b)))
-                    loss = F.cross_entropy(logits.float(), target.to(device), label_smoothing=label_smoothing)
+                    logits, aux = split_outputs(module(x))
+                    loss = classification_loss(logits, y, label_smoothing)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     stopped = f"loss became {value} at lr {lr:.2e}"
@@ -144,7 +156,7 @@ def sweep_training_path(cfg, tm, path, batches, frozen, autocast, progress, **sw
     # A throwaway optimizer at lr 1: only the group ratios matter, and the real one stays untouched.
     optimizer = make_optimizer(cfg.optimizer, param_groups(tm.net, tm.layout, 1.0, cfg.weight_decay, cfg.backbone_scale), 1.0)
     return range_test(path.module, batches, path.to_input, optimizer, set_train=lambda: train_mode(path.module, frozen),
-                      label_smoothing=cfg.label_smoothing, autocast=autocast, progress=progress, **sweep)
+                      label_smoothing=cfg.label_smoothing, autocast=autocast, progress=progress, mix=path.mix, **sweep)
 
 
 def _sweep_key(cfg) -> dict:
@@ -174,6 +186,7 @@ def find_lr(cfg, progress=None, **sweep) -> LRFinding:
     """``transferkit lr-find``: build data, model and training path the way ``train`` does, then sweep."""
     if is_fewshot(cfg.head):
         raise UserError(f"--head {cfg.head} is fitted without gradient steps: it has no learning rate to find")
+    check_recipe(cfg)
     seed_everything(cfg.seed)
     device = pick_device(engine_device(cfg.device, cfg.backend, cfg.precision))  # CPU engines run on the CPU
     on_it, precision = on_device(cfg, device)

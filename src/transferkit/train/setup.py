@@ -14,6 +14,8 @@ from transferkit.core import distributed as dist
 from transferkit.core.config import TrainConfig, saved_settings
 from transferkit.core.errors import UserError
 from transferkit.core.progress import log
+from transferkit.data.augment.frofa import parse_feature_augment
+from transferkit.data.augment.spec import mirror_warning, parse_augment
 from transferkit.data.imagesets import DataCache, decode_splits
 from transferkit.data.specs import DataSplits, stratified_split
 from transferkit.data.transforms import Preprocess, first_prepared
@@ -74,7 +76,16 @@ def limit_training_images(splits: DataSplits, cfg: TrainConfig) -> DataSplits:
 
 
 def check_recipe(cfg: TrainConfig) -> None:
-    """Settings that only make sense together."""
+    """Settings that only make sense together (and the augmentation grammar, before anything loads)."""
+    spec, frofa = parse_augment(cfg.augment), parse_feature_augment(cfg.feature_augment, cfg.seed)
+    if cfg.views and not spec.random:
+        raise UserError(f"--views {cfg.views} caches augmented views of each image: give a random --augment (light, "
+                        f"strong or a list){'; flip is already two fixed views' if spec.mirror_only else ''}")
+    changes = [flag for flag, on in (("--augment", spec.random), ("--mixup", cfg.mixup), ("--cutmix", cfg.cutmix),
+                                     ("--feature-augment", frofa is not None)) if on]
+    if is_fewshot(cfg.head) and changes:
+        raise UserError(f"--head {cfg.head} is fitted in one pass over the unaugmented training features: "
+                        f"{', '.join(changes)} would change nothing; drop {'it' if len(changes) == 1 else 'them'}")
     if is_fewshot(cfg.head) and cfg.freeze != "backbone":
         raise UserError(f"--head {cfg.head} is fitted from the frozen backbone's features without gradient steps: "
                         f"use it with --freeze backbone (not {cfg.freeze})")
@@ -100,6 +111,8 @@ def training_path(cfg: TrainConfig, tm: TransferModel, sets: dict, device, autoc
     path (feature cache or full forward), announced in one line. ``notes`` (where each split comes
     from) are logged with the data line, once the model has run a batch."""
     check_recipe(cfg)
+    if warning := mirror_warning(cfg.data, parse_augment(cfg.augment)):
+        log(warning)
     pre = tm.info.preprocess(cfg.image_size)
     plan = plan_freeze(tm.net, tm.layout, cfg.freeze)
     frozen = apply_freeze(tm.net, tm.layout, plan, require_trainable=not is_fewshot(cfg.head))

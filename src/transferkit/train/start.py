@@ -30,6 +30,7 @@ from transferkit.runs.tblog import open_log
 from transferkit.runtimes.choose import engine_device
 from transferkit.train.setup import (
     Prepared,
+    check_recipe,
     global_batch,
     limit_training_images,
     on_device,
@@ -92,6 +93,7 @@ def _start(cfg: TrainConfig, splits: DataSplits | None, run_dir: Path, resume_st
         # follows collectives), and writes are atomic: every process reads the same state.
         resume_state = resume_state or ckpt.load_checkpoint(run_dir)
         cfg = resume_config(resume_state["config"], cfg)
+    check_recipe(cfg)  # a mistyped --augment stops the run before anything loads
     device = dist.setup(engine_device(cfg.device, cfg.backend, cfg.precision))  # CPU engines run on the CPU
     on_it, precision = on_device(cfg, device)  # a precision that cannot run here stops before any work
     progress = make_progress(cfg.quiet)

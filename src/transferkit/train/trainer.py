@@ -144,7 +144,7 @@ class Training:
                                  set_train=lambda: train_mode(self.model, frozen), label_smoothing=cfg.label_smoothing,
                                  accumulate=cfg.accumulate, autocast=self.start.autocast, scaler=self.scaler,
                                  on_step=self.on_step, progress=self.start.progress, sync=self.sync,
-                                 class_weights=self.class_weights)
+                                 class_weights=self.class_weights, mix=path.mix)
         self.close_epoch(result, lr_now, cfg.epochs)
 
     def close_epoch(self, result: dict, lr_now: float, total: int) -> None:
