@@ -68,36 +68,17 @@ def path_settings(path: str, random: bool) -> dict | None:
     return {**base, "views": int(views)}
 
 
-def corrupted_top1(run_dir: Path, severity: int) -> tuple[float | None, str]:
-    """Mean top-1 over the ImageNet-C corruptions at ``severity``, from ``transferkit eval RUN --corrupt``.
-
-    NOTE: this column depends on the corruption eval (``eval --corrupt``); without it the value is
-    None and the reason is shown instead. The JSON is read by the first number whose key names
-    both "mean" and "corrupt" (e.g. ``mean_corrupted_top1``), wherever it sits in the output."""
+def corrupted_top1(run_dir: Path, severity: int, limit: int) -> tuple[float | None, str]:
+    """Mean top-1 over the 15 ImageNet-C corruptions at ``severity`` on a stratified ``limit`` of the test
+    split, from ``transferkit eval RUN --corrupt SEVERITY --corrupt-limit N --format json``."""
     command = [sys.executable, "-m", "transferkit", "eval", str(run_dir), "--corrupt", str(severity), "--format", "json",
-               "--quiet"]
+               "--quiet", "--corrupt-limit", str(limit)]
     done = subprocess.run(command, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(HERE.parent / "src")})
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return None, ("n/a (this version has no eval --corrupt)" if "unrecognized arguments" in last
-                      else f"n/a (eval --corrupt: {last[:80]})")
-    try:
-        found = _mean_corrupted(json.loads(done.stdout))
-    except json.JSONDecodeError:
-        return None, "n/a (eval --corrupt printed no JSON)"
-    return (found, "") if found is not None else (None, "n/a (no mean corrupted accuracy in the JSON)")
-
-
-def _mean_corrupted(data) -> float | None:
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if isinstance(value, (int, float)) and "mean" in key.lower() and "corrupt" in key.lower():
-                return float(value)
-        for value in data.values():
-            if (found := _mean_corrupted(value)) is not None:
-                return found
-    return None
+        return None, f"n/a (eval --corrupt: {last[:80]})"
+    return float(json.loads(done.stdout)["mean_top1"]), ""
 
 
 class BuildClock:
@@ -153,7 +134,7 @@ def tables(args, work: Path) -> list[dict]:
                     build, entries = clock.take()
                     epochs = read_history(out)
                     per_epoch = float(np.median([float(r["seconds"]) for r in epochs]))
-                    corrupted, why = corrupted_top1(out, args.severity)
+                    corrupted, why = corrupted_top1(out, args.severity, args.corrupt_limit)
                     m = result["metrics"]
                     row = {"data": data, "augment": augment, "path": path if random else kind, "seed": seed,
                            "top1": m["top1"], "corrupted_top1": corrupted, "ece": m["ece"], "epoch_s": per_epoch,
@@ -236,6 +217,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--severity", type=int, default=3, help="ImageNet-C severity of the corrupted column (default 3)")
+    parser.add_argument("--corrupt-limit", type=int, default=500,
+                        help="test images (a stratified sample, the same for every run) of the corrupted column (default 500)")
     parser.add_argument("--train-limit", type=int, default=10000, help="Fashion-MNIST training images (default 10000)")
     parser.add_argument("--data", default=",".join(DATA))
     parser.add_argument("--augments", default=",".join(AUGMENTS))
