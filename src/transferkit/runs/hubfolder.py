@@ -46,9 +46,11 @@ class Loaders:
 
 
 def temperature(run: dict) -> float | None:
-    """The calibration temperature of the run, if it has one: probabilities are softmax(logits / T)."""
-    value = (run.get("calibration") or {}).get("temperature")
-    return float(value) if value is not None else None
+    """The calibration temperature of the run, if one was fitted: probabilities are softmax(logits / T).
+    None after ``--no-calibrate`` or a fit skipped for want of images: T = 1 is no calibration to pass on."""
+    calibration = run.get("calibration") or {}
+    value = calibration.get("temperature")
+    return float(value) if value is not None and calibration.get("split") else None
 
 
 def _library_names(run: dict) -> dict:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from transferkit.runs.calibration import FOLDS, describe
+
 # Built-in data sets and their repositories on the Hub (digits ships with scikit-learn only).
 HUB_DATASETS = {"fashion-mnist": "zalando-datasets/fashion_mnist", "cifar10": "uoft-cs/cifar10"}
 MAX_LISTED = 100  # classes listed in full up to this many; the rest are in config.json and run.json
@@ -53,6 +55,10 @@ def _scores(run: dict, per_class: dict | None) -> list[str]:
              f"with the weights of epoch {run.get('best_epoch')} (best validation accuracy):", "",
              "| top-1 accuracy | top-5 accuracy | loss | calibration error (ECE) |", "|---|---|---|---|",
              f"| {m.get('top1', 0):.4f} | {m.get('top5', 0):.4f} | {m.get('loss', 0):.4f} | {m.get('ece', 0):.4f} |", ""]
+    if (run.get("calibration") or {}).get("scored") == "cross-fitted":
+        lines += [f"The temperature was fitted on this same split, so the calibration error is cross-fitted: each "
+                  f"image's probabilities come from a temperature fitted on the other {FOLDS - 1}/{FOLDS} of the split, "
+                  "never from one fitted on the image itself.", ""]
     if per_class and len(per_class) <= MAX_LISTED:
         lines += ["| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
         lines += [f"| {c} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
@@ -70,9 +76,8 @@ def _classes(classes: list[str]) -> list[str]:
 def _training(run: dict, t: float | None) -> list[str]:
     cfg, bb, pre = run["config"], run["backbone"], run["preprocess"]
     data = ", ".join(f"{k} {v}" for k, v in run.get("data", {}).items() if k != "spec")
-    calibration = (f"Probabilities are calibrated: one temperature, **T = {t!r}**, fitted on the validation split; "
-                   "probabilities are `softmax(logits / T)` (the top class is the same either way)."
-                   if t is not None else "Probabilities are `softmax(logits)` (no calibration temperature stored).")
+    said = describe(run.get("calibration"))
+    calibration = said[0].upper() + said[1:] + (" (the top class is the same either way)." if t is not None else ".")
     return ["## How it was trained", "",
             f"- Backbone: `{run['model']['name']}` ({bb.get('source')}), starting weights `{bb.get('weights')}` "
             f"from {bb.get('weights_source')} (sha256 `{bb.get('weights_sha256') or '-'}`).",
