@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from transferkit.models.fewshot import is_fewshot
 from transferkit.runs.calibration import FOLDS, describe
 
 # Built-in data sets and their repositories on the Hub (digits ships with scikit-learn only).
@@ -67,10 +68,15 @@ def _scores(run: dict, per_class: dict | None) -> list[str]:
     return lines
 
 
-def _classes(classes: list[str]) -> list[str]:
+def _classes(classes: list[str], untrained: list[str], head: str) -> list[str]:
     shown = ", ".join(f"{i}: `{c}`" for i, c in enumerate(classes[:MAX_LISTED]))
     more = f", ... ({len(classes) - MAX_LISTED} more: `label_names` in config.json)" if len(classes) > MAX_LISTED else ""
-    return ["## Classes", "", f"{len(classes)} classes, by output index: {shown}{more}.", ""]
+    lines = ["## Classes", "", f"{len(classes)} classes, by output index: {shown}{more}.", ""]
+    if untrained:
+        fate = "are never predicted" if is_fewshot(head) else "were never learnt"
+        lines += [f"{len(untrained)} of them had no training images and {fate}: "
+                  f"{', '.join(f'`{c}`' for c in untrained[:MAX_LISTED])}.", ""]
+    return lines
 
 
 def _training(run: dict, t: float | None) -> list[str]:
@@ -170,6 +176,7 @@ def model_card(run: dict, name: str, found, t: float | None, per_class: dict | N
              "`run.json` (every setting, the classes, the scores), `report.html` (curves, confusion matrix, "
              "worst errors), `checkpoints/` (to resume training; leave them out of an upload with "
              "`hf upload user/name RUN_DIR --exclude \"checkpoints/*\"`).", ""]
-    body = [f"# {name}", "", intro, "", *_scores(run, per_class), *_classes(run["classes"]), *_training(run, t),
-            *_usage(run, found, t), *_limitations(run, t), *files]
+    untrained = run.get("classes_without_training_images") or []
+    body = [f"# {name}", "", intro, "", *_scores(run, per_class), *_classes(run["classes"], untrained, run["model"]["head"]),
+            *_training(run, t), *_usage(run, found, t), *_limitations(run, t), *files]
     return f"---\n{head}---\n\n" + "\n".join(body)

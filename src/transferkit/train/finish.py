@@ -35,6 +35,7 @@ from transferkit.runs.hubfolder import weights_metadata, write_model_folder
 from transferkit.runs.metrics import score
 from transferkit.runs.report import write_report
 from transferkit.runs.rundir import versions
+from transferkit.train.setup import classes_without_images
 
 # The final scores run.json keeps (eval --format json has all of them, per class too).
 SUMMARY = ("top1", "top5", "balanced_accuracy", "macro_f1", "loss", "nll", "n", "ece", "ece_uncalibrated", "temperature")
@@ -89,6 +90,7 @@ def finish_run(run) -> dict:
         "backbone": dict(s.tm.info.to_json(), name=model_spec), "preprocess": run.prepared.pre.to_json(),
         "freeze": {"spec": cfg.freeze, "cut": run.prepared.plan.cut}, "feature_cache": path.message,
         "data": {"spec": cfg.data, **{n: len(x) for n, x in sets.items()}},
+        "classes_without_training_images": classes_without_images(s.splits),
         "lr": run.lr, "best_epoch": run.best["epoch"],
         "metrics": {"split": test_name, **{k: final[k] for k in SUMMARY}},
         "calibration": {"status": status, "temperature": temperature, "split": "val" if fitted_on else None,

@@ -29,6 +29,7 @@ from transferkit.models.weights import load_exactly
 from transferkit.runs.tblog import open_log
 from transferkit.train.setup import (
     Prepared,
+    classes_without_images,
     global_batch,
     limit_training_images,
     prepare_run_dir,
@@ -36,6 +37,7 @@ from transferkit.train.setup import (
     run_dir_path,
     seed_everything,
     training_path,
+    without_images_note,
 )
 
 
@@ -98,6 +100,8 @@ def _start(cfg: TrainConfig, splits: DataSplits | None, run_dir: Path, resume_st
     splits = limit_training_images(splits if splits is not None else load_data(cfg.data, cfg.seed), cfg)
     if note := ignored_note(splits):
         log(note)
+    if missing := classes_without_images(splits):
+        log(without_images_note(missing, cfg.head))
     tm, specs = _model(cfg, splits, run_dir, resume_state)
     sets = {n: s for n, s in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if s is not None}
     autocast = autocast_for(precision)
