@@ -9,9 +9,12 @@ import argparse
 from transferkit import __version__
 from transferkit.core.config import add_arguments
 
-# For every command that loads a run: a run trained on users' code stores that code and runs it.
+# For every command that loads a run: a run trained on users' code stores that code, run only with --trust-code.
 TRUSTED_RUN = ("a run directory. A run trained on your own model, head or plugin code keeps that code in "
-               "RUN_DIR/code/ and runs it when loaded: load only runs you trust")
+               "RUN_DIR/code/; it runs only with --trust-code")
+TRUST_HELP = ("run the Python code the run directory names (its RUN_DIR/code/*.py model, head or plugin, or a torch.hub "
+              "model); without it such a run is refused. Read the code first: a downloaded run can hold any code")
+LOADS_RUNS = ("train", "eval", "predict", "embed", "export", "serve")  # commands that load a run (train: --resume)
 CACHE_DIR_HELP = ("the cache folder holding decoded images and converted engines (default: the run's own --cache-dir, else the user "
                   "cache dir)")
 PLUGIN_HELP = ("import FILE.py first; it may register backbones with @transferkit.register_backbone('name'). "
@@ -254,4 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
         # dest: a subparser's default would otherwise overwrite the global flag's value.
         command.add_argument("--plugin", action="append", default=[], dest="command_plugins", metavar="FILE.py",
                              help=PLUGIN_HELP)
+    for name in LOADS_RUNS:
+        sub.choices[name].add_argument("--trust-code", action="store_true", help=TRUST_HELP)
     return parser

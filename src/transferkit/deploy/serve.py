@@ -33,6 +33,7 @@ from transferkit.deploy.backends import load_backend
 from transferkit.deploy.batcher import DynamicBatcher, Overloaded
 from transferkit.deploy.predict import image_probabilities, top_predictions
 from transferkit.deploy.serve_page import page_html
+from transferkit.models.usercode import code_trusted, trusting_code
 
 log = logging.getLogger("transferkit.serve")
 ENV_CONFIG = "TRANSFERKIT_SERVE_CONFIG"  # how `--workers N` hands the settings to each worker process
@@ -255,7 +256,8 @@ def app_from_environment():
     config = json.loads(os.environ[ENV_CONFIG])
     threads = config.get("threads") or max(1, (os.cpu_count() or 1) // max(1, config["workers"]))
     torch.set_num_threads(threads)  # N workers share the cores instead of each claiming all (so do the engines)
-    service = Service.from_run(config["run_dir"], config["backend"], config.get("precision", "fp32"), threads)
+    with trusting_code(config.get("trust_code", False)):  # the serve command's --trust-code
+        service = Service.from_run(config["run_dir"], config["backend"], config.get("precision", "fp32"), threads)
     return create_app(service, ServeSettings(**config["settings"]))
 
 
@@ -284,7 +286,7 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: str 
     del service  # the check is done; each worker loads its own copy
     # Each worker converts nothing again (the converted file is cached) but checks its engine itself.
     os.environ[ENV_CONFIG] = json.dumps({"run_dir": str(Path(run_dir).resolve()), "backend": backend,
-                                         "precision": precision, "threads": threads,
+                                         "precision": precision, "threads": threads, "trust_code": code_trusted(),
                                          "workers": workers, "settings": asdict(settings)})
     uvicorn.run("transferkit.deploy.serve:app_from_environment", factory=True, workers=workers, **common)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from transferkit.models.fewshot import is_fewshot
+from transferkit.models.usercode import HUB_PREFIX, RUN_PREFIX, TRUST_FLAG, is_user_spec, names_code
 from transferkit.runs.calibration import FOLDS, describe
 
 # Built-in data sets and their repositories on the Hub (digits ships with scikit-learn only).
@@ -107,13 +108,38 @@ def _torch_transform(pre: dict) -> str:
             f"{list(pre['std'])})])")
 
 
+def _code(run: dict) -> tuple[bool, list[str]]:
+    """Whether loading the run runs code of its own, and which (as the card names it)."""
+    model = run["model"]
+    specs = [model["name"], model["head"], model.get("plugin")]
+    shown = [str(spec).removeprefix(RUN_PREFIX).rpartition(":")[0] or str(spec).removeprefix(RUN_PREFIX)
+             for spec in specs[:2] if is_user_spec(spec)]
+    shown += [model["plugin"].removeprefix(RUN_PREFIX)] if model.get("plugin") else []
+    shown += [model["name"]] if str(model["name"]).startswith(HUB_PREFIX) else []
+    return names_code(*specs), shown
+
+
+def _trust(run: dict) -> list[str]:
+    runs_code, shown = _code(run)
+    if not runs_code:
+        return ["This run holds no code of its own: transferkit loads it without running anything from this folder. "
+                f"(A run folder that does name code, such as `code/*.py`, is refused unless you pass `{TRUST_FLAG}`, "
+                "`trust_code=True` in Python, after reading that code.)", ""]
+    return [f"Loading this run runs Python code it names: {', '.join(f'`{c}`' for c in shown)}. transferkit runs a "
+            f"run folder's code only when you pass `{TRUST_FLAG}` (`trust_code=True` in Python): read it before you "
+            "do, as you would any code you download.", ""]
+
+
 def _usage(run: dict, found, t: float | None) -> list[str]:
     n, pre = len(run["classes"]), run["preprocess"]
     logits = f"(model(x) / {t!r})" if t is not None else "model(x)"
+    runs_code = _code(run)[0]
+    flag, kwarg = (f" {TRUST_FLAG}", ", trust_code=True") if runs_code else ("", "")
     lines = ["## How to use it", "", "`RUN_DIR` is this folder; after `hf upload user/name RUN_DIR`, timm and transformers "
              "also take `hf-hub:user/name` and `user/name`.", "", "**transferkit**", "", "```bash",
-             "transferkit predict RUN_DIR photo.jpg --topk 3", "transferkit serve RUN_DIR", "```", "",
-             "```python", "import transferkit as tk", 'tk.predict("RUN_DIR", ["photo.jpg"], topk=3)', "```", ""]
+             f"transferkit predict RUN_DIR photo.jpg --topk 3{flag}", f"transferkit serve RUN_DIR{flag}", "```", "",
+             "```python", "import transferkit as tk", f'tk.predict("RUN_DIR", ["photo.jpg"], topk=3{kwarg})', "```", "",
+             *_trust(run)]
     if found.timm:
         lines += ["**timm**", "", "```python", "import timm, torch", "from PIL import Image", "",
                   'model = timm.create_model("local-dir:RUN_DIR", pretrained=True).eval()',

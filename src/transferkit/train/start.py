@@ -24,7 +24,7 @@ from transferkit.engine.optim import amp_dtype, autocast_for
 from transferkit.models.family import BackboneInfo
 from transferkit.models.plugins import copy_plugin_into_run
 from transferkit.models.transfer import TransferModel, create_model, rebuild_model
-from transferkit.models.usercode import copy_into_run, is_user_spec, resolve_run_code
+from transferkit.models.usercode import copy_into_run, is_user_spec, resolve_run_code, trusting_code
 from transferkit.models.weights import load_exactly
 from transferkit.runs.tblog import open_log
 from transferkit.train.setup import (
@@ -74,8 +74,12 @@ def start(cfg: TrainConfig, splits: DataSplits | None = None) -> Start:
     run_dir = run_dir_path(cfg)
     made = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # deepest first
     prepare_run_dir(cfg, run_dir)
+    # A torchrun restart continues this same command's unfinished run (restarted_state checks that its
+    # checkpoint holds exactly these settings): the code in it is what this command named and copied.
+    trusted = trusting_code(True) if resume_state else contextlib.nullcontext()
     try:
-        return _start(cfg, splits, run_dir, resume_state)
+        with trusted:
+            return _start(cfg, splits, run_dir, resume_state)
     except BaseException:
         # A run that stops before writing anything (a mistake in the data or the model, say)
         # leaves no empty folders behind; os.rmdir removes only empty ones.
