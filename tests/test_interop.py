@@ -130,4 +130,4 @@ def test_the_folder_has_the_hub_files(interop, model):
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["library_name"] == "timm" and front["pipeline_tag"] == "image-classification"
     assert front["model-index"][0]["results"][0]["metrics"][0]["value"] == round(run["metrics"]["top1"], 4)
-    assert "hf upload" in card and "## Limitations" in card
+    assert "upload_folder" in card and "## Limitations" in card

@@ -27,6 +27,7 @@ from transferkit.core.errors import UserError
 from transferkit.core.lazy import LazyModule
 from transferkit.core.safeio import write_json_atomic, write_text_atomic
 from transferkit.models.registry import family_for
+from transferkit.runs.localpaths import split_local
 from transferkit.runs.metrics import per_class_scores
 from transferkit.runs.modelcard import model_card
 from transferkit.runs.rundir import read_run
@@ -162,7 +163,9 @@ def per_class(run_dir: Path, classes: list[str]) -> dict | None:
 def write_model_folder(run_dir: str | Path, run: dict | None = None) -> list[Path]:
     """Write config.json (when timm loads the weights) and README.md; return the paths written."""
     run_dir = Path(run_dir)
-    run = run if run is not None else read_run(run_dir)
+    # What gets published says nothing of this machine: the record without its paths (localpaths.py),
+    # also for runs written before local.json existed.
+    run = split_local(run if run is not None else read_run(run_dir, local=False))[0]
     found = loaders(run, weight_shapes(run_dir / "model.safetensors"))
     written = []
     if found.timm:

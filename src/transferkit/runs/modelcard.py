@@ -135,8 +135,8 @@ def _usage(run: dict, found, t: float | None) -> list[str]:
     logits = f"(model(x) / {t!r})" if t is not None else "model(x)"
     runs_code = _code(run)[0]
     flag, kwarg = (f" {TRUST_FLAG}", ", trust_code=True") if runs_code else ("", "")
-    lines = ["## How to use it", "", "`RUN_DIR` is this folder; after `hf upload user/name RUN_DIR`, timm and transformers "
-             "also take `hf-hub:user/name` and `user/name`.", "", "**transferkit**", "", "```bash",
+    lines = ["## How to use it", "", "`RUN_DIR` is this folder; once it is uploaded to the Hub as `user/name` (see Files), "
+             "timm and transformers also take `hf-hub:user/name` and `user/name`.", "", "**transferkit**", "", "```bash",
              f"transferkit predict RUN_DIR photo.jpg --topk 3{flag}", f"transferkit serve RUN_DIR{flag}", "```", "",
              "```python", "import transferkit as tk", f'tk.predict("RUN_DIR", ["photo.jpg"], topk=3{kwarg})', "```", "",
              *_trust(run)]
@@ -191,17 +191,41 @@ def _limitations(run: dict, t: float | None) -> list[str]:
             "starting weights and of the training data.", ""]
 
 
+# What the rest of a run folder would publish: left out of the upload set unless added on purpose.
+PRIVATE = ("`report.html` (thumbnails of your images: the worst errors among them), `eval/` (per-image probabilities "
+           "and labels of your data, and where it lives), `local.json` (this machine's paths: the data, run and cache "
+           "folders), `metrics.csv` and `confusion_matrix.json` (scores per epoch and per class), `checkpoints/` "
+           "(the training state, to resume; large)")
+
+
+def upload_set(run: dict) -> list[str]:
+    """The files the card's upload publishes: what loading the model needs, nothing of the user's data or machine."""
+    model = run["model"]
+    stored = any(str(spec).startswith(RUN_PREFIX) for spec in (model["name"], model["head"], model.get("plugin")))
+    return ["model.safetensors", "config.json", "README.md", "run.json", *(["code/*.py"] if stored else [])]
+
+
+def _files(run: dict, found) -> list[str]:
+    code = "code/*.py" in upload_set(run)
+    patterns = ", ".join(f'"{p}"' for p in upload_set(run))
+    return ["## Files", "",
+            "`model.safetensors` (weights; its metadata names the architecture, classes, preprocessing and "
+            "temperature), " + ("`config.json` (timm's format), " if found.timm else "") +
+            "`run.json` (every setting, the classes, the scores; no path of the machine it was trained on), " +
+            ("`code/` (the code it runs, see above), " if code else "") + "and this card. To publish the model, "
+            "upload those and nothing else:", "",
+            "```python", "from huggingface_hub import HfApi", "", "api = HfApi()",
+            'api.create_repo("user/name", exist_ok=True)',
+            f'api.upload_folder(repo_id="user/name", folder_path="RUN_DIR", allow_patterns=[{patterns}])', "```", "",
+            f"The rest of the folder stays on this machine unless you add it to `allow_patterns` on purpose: {PRIVATE}.", ""]
+
+
 def model_card(run: dict, name: str, found, t: float | None, per_class: dict | None) -> str:
     """The README.md text of a run; ``found``: the libraries checked to load its weights (hubfolder.Loaders)."""
     head = yaml.safe_dump(front_matter(run, name, found), sort_keys=False, allow_unicode=True)
     intro = (f"`{run['model']['name']}` fine-tuned with transferkit to "
              f"tell {len(run['classes'])} classes apart, trained on `{run['config']['data']}`.")
-    files = ["## Files", "",
-             "`model.safetensors` (weights; its metadata names the architecture, classes, preprocessing and "
-             "temperature), " + ("`config.json` (timm's format), " if found.timm else "") +
-             "`run.json` (every setting, the classes, the scores), `report.html` (curves, confusion matrix, "
-             "worst errors), `checkpoints/` (to resume training; leave them out of an upload with "
-             "`hf upload user/name RUN_DIR --exclude \"checkpoints/*\"`).", ""]
+    files = _files(run, found)
     untrained = run.get("classes_without_training_images") or []
     body = [f"# {name}", "", intro, "", *_scores(run, per_class), *_classes(run["classes"], untrained, run["model"]["head"]),
             *_training(run, t), *_usage(run, found, t), *_limitations(run, t), *files]

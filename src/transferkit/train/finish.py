@@ -34,7 +34,7 @@ from transferkit.runs.evaluate import save_outputs
 from transferkit.runs.hubfolder import weights_metadata, write_model_folder
 from transferkit.runs.metrics import score
 from transferkit.runs.report import write_report
-from transferkit.runs.rundir import versions
+from transferkit.runs.rundir import versions, write_run
 from transferkit.train.setup import classes_without_images
 
 # The final scores run.json keeps (eval --format json has all of them, per class too).
@@ -107,9 +107,9 @@ def finish_run(run) -> dict:
         record["distributed"] = {"processes": dist.world(), "backend": dist.backend()}
     # Written once the record is complete: its metadata carries what run.json says.
     save_safetensors_atomic(best_state, run.run_dir / "model.safetensors", metadata=weights_metadata(record))
-    write_json_atomic(run.run_dir / "run.json", record)
+    shared = write_run(run.run_dir, record)  # run.json without this machine's paths; local.json with them
     write_json_atomic(run.run_dir / "confusion_matrix.json", {"split": test_name, "classes": s.splits.classes,
                                                                "matrix": final["confusion_matrix"]})
     write_report(run.run_dir)
-    write_model_folder(run.run_dir, record)
+    write_model_folder(run.run_dir, shared)
     return result
