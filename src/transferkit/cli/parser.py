@@ -208,6 +208,9 @@ def _serve(sub):
     p.add_argument("--max-bytes", default="10MB", help="largest request body (default 10MB); bigger ones get 413")
     p.add_argument("--max-pixels", type=int, default=50_000_000,
                    help="largest image, in pixels, read from its header before decoding (default 50 million); 422")
+    p.add_argument("--max-decodes", type=int, default=0,
+                   help="images decoded at once per worker (default 0: its share of the cores, at most 4); each "
+                        "holds up to ~30 bytes per pixel while it decodes, the others wait with their bytes only")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds a request may take, upload included (408 while its body is still arriving, else 504)")
     p.add_argument("--max-batch", type=int, default=16, help="most requests answered by one forward pass")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
