@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN, make_image_folder, own_cache
+from conftest import TINY_TRAIN, make_image_folder, need_extra, own_cache
 
 import transferkit as tk
 from transferkit.cli import main
@@ -212,7 +212,7 @@ def _settings():
 
 
 def test_export_keeps_raw_logits_and_carries_the_temperature(calibrated, capsys):
-    pytest.importorskip("onnxruntime")
+    need_extra("onnxruntime", "export")
     run_dir = calibrated / "run"
     t = json.loads((run_dir / "run.json").read_text())["calibration"]["temperature"]
     assert main(["export", str(run_dir), "--format", "onnx"]) == 0

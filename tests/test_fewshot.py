@@ -93,7 +93,7 @@ def test_a_fewshot_run_is_an_ordinary_run_directory(fewshot_runs, name, capsys):
     assert sum(p["prob"] for p in torch_preds) == pytest.approx(1, abs=1e-4)
     assert main(["eval", str(run_dir), "--format", "json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 6
-    pytest.importorskip("onnxruntime")
+    need_extra("onnxruntime", "export")
     assert main(["export", str(run_dir), "--format", "onnx"]) == 0  # checked against PyTorch within 1e-4
     assert main(["predict", str(run_dir), str(image), "--backend", "onnx", "--format", "json", "--quiet"]) == 0
     capsys.readouterr()
