@@ -93,7 +93,7 @@ def finish_run(run) -> dict:
         "classes_without_training_images": classes_without_images(s.splits),
         "lr": run.lr, "best_epoch": run.best["epoch"],
         "metrics": {"split": test_name, **{k: final[k] for k in SUMMARY}},
-        "calibration": {"status": status, "temperature": temperature, "split": "val" if fitted_on else None,
+        "calibration": {"status": status, "temperature": temperature, "split": "val" if fitted_on is not None else None,
                         "n": n_val, "method": {"fitted": "temperature scaling (L-BFGS on the validation NLL)",
                                                "off": "off (--no-calibrate)",
                                                "skipped": f"none: {n_val} validation images"}[status],
