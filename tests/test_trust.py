@@ -42,10 +42,10 @@ def image_folder(trained):
     return trained[1]
 
 
-def planted(run_dir, plugin: str = "@run/code/helper.py", model: str | None = None):
+def planted(run_dir, plugin: str = "@run/code/planted.py", model: str | None = None):
     """The run, edited as a downloaded one could be: run.json and the checkpoint name ``plugin``."""
     (run_dir / "code").mkdir(exist_ok=True)
-    (run_dir / "code" / "helper.py").write_text(PLUGIN)
+    (run_dir / "code" / "planted.py").write_text(PLUGIN)
     record = json.loads((run_dir / "run.json").read_text())
     record["model"]["plugin"] = plugin
     if model:
@@ -72,7 +72,7 @@ def test_every_command_refuses_a_run_that_would_run_code(tiny_run, image_folder,
         capsys.readouterr()
         assert main(argv) == 2, name
         err = capsys.readouterr().err
-        assert "would run Python code when loaded: code/helper.py (its plugin)" in err, (name, err)
+        assert "would run Python code when loaded: code/planted.py (its plugin)" in err, (name, err)
         assert "--trust-code" in err and len(err.strip().splitlines()) == 1, name
         assert not marker.exists(), f"{name} ran the run's code"
     for call in (lambda: tk.predict(tiny_run, [str(sorted(image_folder.rglob("*.png"))[0])]),
@@ -113,9 +113,9 @@ def test_code_outside_the_folder_and_torch_hub_are_refused_too(tiny_run, tmp_pat
 def test_a_plugin_given_again_or_imported_already_runs_nothing_new(tiny_run, tmp_path, capsys):
     """The run's copy has the content of a file this process imported: importing it executes nothing."""
     planted(tiny_run)
-    mine = tmp_path / "mine" / "helper.py"
+    mine = tmp_path / "mine" / "planted.py"
     mine.parent.mkdir()
-    shutil.copyfile(tiny_run / "code" / "helper.py", mine)
+    shutil.copyfile(tiny_run / "code" / "planted.py", mine)
     fresh_process()
     assert main(["--plugin", str(mine), "eval", str(tiny_run), "--quiet"]) == 0
     assert (mine.parent / "RAN").exists() and not (tiny_run / "code" / "RAN").exists()  # only the user's own ran
@@ -129,10 +129,10 @@ def test_the_card_and_the_resume_hint_say_so(tiny_run, tmp_path, capsys):
 
     write_model_folder(tiny_run)
     card = (tiny_run / "README.md").read_text()
-    assert "runs Python code it names: `code/helper.py`" in card
+    assert "runs Python code it names: `code/planted.py`" in card
     assert "transferkit predict RUN_DIR photo.jpg --topk 3 --trust-code" in card and "trust_code=True)" in card
     from transferkit.train.trainer import Interrupted
 
-    assert str(Interrupted(tiny_run, {"model": "resnet18", "head": "linear", "plugin": "@run/code/helper.py"})).endswith(
+    assert str(Interrupted(tiny_run, {"model": "resnet18", "head": "linear", "plugin": "@run/code/planted.py"})).endswith(
         "--resume --trust-code")
     assert str(Interrupted(tiny_run, {"model": "resnet18", "head": "linear", "plugin": None})).endswith("--resume")
