@@ -27,18 +27,16 @@ def snippets(card: str) -> dict:
 
 
 def run_snippet(code: str, run_dir: str, images: list) -> dict:
-    """Execute a card snippet (RUN_DIR and photo.jpg filled in), then reuse its model and transform."""
-    scope = {}
-    exec(code.replace("RUN_DIR", run_dir).replace("photo.jpg", images[0]), scope)
-    model, transform, probs = scope["model"], scope["transform"], []
-    logits = []
-    with torch.no_grad():
-        for path in images:
-            x = transform(Image.open(path).convert("RGB")).unsqueeze(0)
-            logits.append(model(x)[0].tolist())
-    temperature = re.search(r"model\(x\) / ([0-9.e+-]+)\)", code)
-    t = float(temperature.group(1)) if temperature else 1.0
-    probs = (torch.tensor(logits) / t).softmax(-1).tolist()
+    """Execute a card snippet as written, once per image (RUN_DIR and photo.jpg filled in): the
+    probabilities are the ones the snippet itself computes (its ``probs``, its temperature), the
+    logits those of its ``model`` on its ``x``."""
+    logits, probs = [], []
+    for path in images:
+        scope = {}
+        exec(code.replace("RUN_DIR", run_dir).replace("photo.jpg", path), scope)
+        with torch.no_grad():
+            logits.append(scope["model"](scope["x"])[0].tolist())
+        probs.append(scope["probs"][0].tolist())
     return {"logits": logits, "probs": probs}
 
 

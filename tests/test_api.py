@@ -96,8 +96,10 @@ def test_fit_a_plugin_backbone(tmp_path):
     load_plugins([str(user_copy(tmp_path, "plugin_backbone.py"))])
     result = tk.fit("digits", model="tiny_convnet", out=str(tmp_path / "run"),
                     **{**SCRATCH, "image_size": 0})  # 0: the size the plugin registered (16)
-    fresh_process()  # a new session: tiny_convnet comes back from the run's copy of the plugin
-    assert len(tk.predict(result["run_dir"], [torch.zeros(1, 8, 8)])[0]["predictions"]) == 5
+    fresh_process()  # a new session: tiny_convnet comes back from the run's copy of the plugin, when trusted
+    with pytest.raises(UserError, match="trust_code=True"):
+        tk.predict(result["run_dir"], [torch.zeros(1, 8, 8)])
+    assert len(tk.predict(result["run_dir"], [torch.zeros(1, 8, 8)], trust_code=True)[0]["predictions"]) == 5
 
 
 def test_fit_on_torch_datasets(tmp_path):

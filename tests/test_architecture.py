@@ -114,3 +114,10 @@ def test_missing_extras_fail_where_they_are_promised(monkeypatch):
         need_extra("transferkit_no_such_module", "serve")
     makefile = (ROOT / "Makefile").read_text()
     assert "TRANSFERKIT_REQUIRE_EXTRAS=1 $(PY) -m pytest" in makefile
+
+
+def test_tests_skip_a_missing_package_only_through_need_extra():
+    """A bare pytest.importorskip skips its tests even where `make test` promises every extra."""
+    skipping = {path.name: n for path in (ROOT / "tests").glob("*.py") if path.name not in ("conftest.py", Path(__file__).name)
+                if (n := path.read_text().count("importorskip("))}
+    assert not skipping, f"use conftest.need_extra(module, extra) instead of pytest.importorskip in {skipping}"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN, make_image_folder, own_cache
+from conftest import TINY_TRAIN, make_image_folder, need_extra, own_cache
 
 import transferkit as tk
 from transferkit.cli import main
@@ -48,10 +49,23 @@ def test_a_run_without_a_temperature_means_one():
     assert run_temperature({"calibration": {"temperature": None}}) == 1.0
 
 
+def digits_folder(root: Path, n: int = 600) -> Path:
+    """scikit-learn's digits as a folder of 8x8 PNGs: no test split, and 20% of n held out as val."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images[:n], digits.target[:n])):
+        (root / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 15.9).astype(np.uint8)).save(root / str(label) / f"{i}.png")
+    return root
+
+
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
-    """digits (144 validation images: enough for a temperature), with and without calibration, and a
-    folder whose 6 validation images are too few to fit one on."""
+    """digits (142 validation images: enough for a temperature), with and without calibration, a
+    folder whose 6 validation images are too few to fit one on, and a folder of digits with no test
+    split (its 120 validation images are both where T is fitted and what the run is scored on)."""
     root = tmp_path_factory.mktemp("calibrated")
     with own_cache(root / "cache"):
         images = make_image_folder(root / "images", classes=("cat", "dog", "owl"), per_class=10)
@@ -60,7 +74,76 @@ def calibrated(tmp_path_factory):
         assert main(["train", *digits, "--out", str(root / "run"), *args]) == 0
         assert main(["train", *digits, "--out", str(root / "plain"), *args, "--no-calibrate"]) == 0
         assert main(["train", "--data", str(images), "--out", str(root / "small"), *args]) == 0
+        folder = digits_folder(root / "digits")
+        assert main(["train", "--data", str(folder), "--out", str(root / "notest"), *args]) == 0
     return root
+
+
+def test_the_card_and_report_say_what_happened_to_the_probabilities(calibrated):
+    """Fitted (T, split, images), off by --no-calibrate, or skipped for want of validation images: the
+    model card, the report and the Hub files say which, and only a fitted T reaches the snippets."""
+    import yaml
+
+    from transferkit.runs.hubfolder import weights_metadata
+
+    said = {}
+    for name in ("run", "plain", "small"):
+        run = json.loads((calibrated / name / "run.json").read_text())
+        card = (calibrated / name / "README.md").read_text()
+        yaml.safe_load(card.split("---\n")[1])  # the front matter still parses
+        training = card.split("## How it was trained")[1].split("##")[0]
+        said[name] = (run, training.lower(), (calibrated / name / "report.html").read_text().lower())
+    run, card, page = said["run"]
+    t = run["calibration"]["temperature"]
+    n = run["data"]["val"]
+    assert run["calibration"]["status"] == "fitted" and run["calibration"]["n"] == n >= 100
+    assert f"t = {t:.4g}, fitted on the val split ({n} images)" in card and f"t = {t:.4g}, fitted on the val" in page
+    assert weights_metadata(run)["temperature"] == repr(t) and f"/ {t!r})" in (calibrated / "run" / "README.md").read_text()
+    run, card, page = said["plain"]
+    assert run["calibration"]["status"] == "off"
+    for text in (card, page):
+        assert "not calibrated (--no-calibrate)" in text and "t = 1" not in text and "fitted on" not in text
+    assert "temperature" not in weights_metadata(run) and "model(x) / " not in (calibrated / "plain" / "README.md").read_text()
+    run, card, page = said["small"]
+    assert run["calibration"]["status"] == "skipped" and run["calibration"]["n"] == 6
+    for text in (card, page):
+        assert "the validation split has 6 images, fewer than the 100 a temperature is fitted on" in text
+        assert "t = 1" not in text
+
+
+def test_with_no_test_split_calibration_is_scored_on_images_t_never_saw(calibrated):
+    """The run is scored on val, where T was fitted: ECE and NLL come from cross-fitted probabilities
+    (each image through a temperature fitted on the other folds), in run.json, the per-image outputs,
+    the card, the report and a later `eval`; top-1 stays that of the stored T."""
+    from transferkit.runs.calibration import FOLDS, cross_fitted_log_probabilities, fit_temperature, log_probabilities
+    from transferkit.runs.metrics import expected_calibration_error
+
+    run_dir = calibrated / "notest"
+    run = json.loads((run_dir / "run.json").read_text())
+    cal, metrics = run["calibration"], run["metrics"]
+    assert metrics["split"] == "val" and cal["status"] == "fitted" and cal["n"] == 120 and cal["scored"] == "cross-fitted"
+    outputs = np.load(run_dir / "eval" / "val_outputs.npz")
+    labels = torch.from_numpy(outputs["labels"])
+    stored, held = (torch.from_numpy(outputs[k].astype(np.float64)) for k in ("probs", "probs_held_out"))
+    assert torch.equal(stored.argmax(1), held.argmax(1)) and not torch.allclose(stored, held, atol=1e-3)
+    assert metrics["ece"] == pytest.approx(expected_calibration_error(held, labels), abs=2e-3)
+    assert metrics["ece"] != pytest.approx(expected_calibration_error(stored, labels), abs=1e-6)  # not in-sample
+    # a later eval of the same split says the same, and the held-out figure is what cross-fitting gives
+    again = evaluate_run(str(run_dir), split="val")
+    assert again["calibration_scored"] == "cross-fitted" and again["top1"] == metrics["top1"]
+    # (train scored the cached fp16 features, eval the images: the logits differ in the 4th decimal)
+    assert again["ece"] == pytest.approx(metrics["ece"], abs=1e-3) and again["nll"] == pytest.approx(metrics["nll"], abs=1e-3)
+    assert "cross-fitted" in (run_dir / "README.md").read_text() and "cross-fitting" in (run_dir / "report.html").read_text()
+    # cross-fitting by hand on logits: every fold through a temperature fitted on the other folds only
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (150,), generator=g)
+    z = 3 * torch.randn(150, 4, generator=g, dtype=torch.float64)
+    z[torch.arange(150), y] += 3
+    fold = torch.arange(150) % FOLDS
+    by_hand = torch.empty_like(z)
+    for f in range(FOLDS):
+        by_hand[fold == f] = log_probabilities([z[fold == f]], fit_temperature(z[fold != f], y[fold != f]))
+    assert torch.allclose(cross_fitted_log_probabilities([z], y), by_hand)
 
 
 def test_run_json_records_the_temperature_and_both_eces(calibrated):
@@ -129,7 +212,7 @@ def _settings():
 
 
 def test_export_keeps_raw_logits_and_carries_the_temperature(calibrated, capsys):
-    pytest.importorskip("onnxruntime")
+    need_extra("onnxruntime", "export")
     run_dir = calibrated / "run"
     t = json.loads((run_dir / "run.json").read_text())["calibration"]["temperature"]
     assert main(["export", str(run_dir), "--format", "onnx"]) == 0
@@ -168,12 +251,12 @@ def test_report_shows_both_reliability_diagrams(calibrated):
     from PIL import Image
 
     page = (calibrated / "run" / "report.html").read_text()
-    assert "temperature fitted on the val split" in page and "balanced accuracy" in page and "macro-F1" in page
-    assert "No temperature was fitted" in (calibrated / "small" / "report.html").read_text()
+    assert "fitted on the val split" in page and "balanced accuracy" in page and "macro-F1" in page
+    assert "not calibrated: the validation split has 6" in (calibrated / "small" / "report.html").read_text()
     data = re.search(r'alt="reliability diagram" src="data:image/png;base64,([^"]+)"', page).group(1)
     two = Image.open(io.BytesIO(base64.b64decode(data))).size
     plain = (calibrated / "plain" / "report.html").read_text()  # T = 1: the same curve twice, still both shown
-    assert "No temperature was fitted" in plain
+    assert "not calibrated (--no-calibrate)" in plain
     # one column per curve: before and after the temperature, side by side
     old = calibrated / "old-outputs.npz"
     with np.load(calibrated / "run" / "eval" / "test_outputs.npz") as f:

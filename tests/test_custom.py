@@ -39,13 +39,14 @@ def digit_pngs(tmp_path) -> Path:
     return folder
 
 
-def eval_and_predict(run: Path, pngs: Path, capsys, evaluate: bool = True) -> tuple[dict, list]:
+def eval_and_predict(run: Path, pngs: Path, capsys, evaluate: bool = True, trust: bool = False) -> tuple[dict, list]:
     capsys.readouterr()
     scores = None
+    trusting = ["--trust-code"] if trust else []
     if evaluate:
-        assert main(["eval", str(run), "--format", "json", "--quiet"]) == 0
+        assert main(["eval", str(run), "--format", "json", "--quiet", *trusting]) == 0
         scores = json.loads(capsys.readouterr().out)
-    assert main(["predict", str(run), str(pngs), "--format", "json", "--topk", "3", "--quiet"]) == 0
+    assert main(["predict", str(run), str(pngs), "--format", "json", "--topk", "3", "--quiet", *trusting]) == 0
     predictions = json.loads(capsys.readouterr().out)
     assert len(predictions) == 4 and all(len(p["predictions"]) == 3 for p in predictions)
     return scores, predictions
@@ -177,7 +178,10 @@ def test_plugin_name_is_listed_trained_and_served_without_the_plugin(tmp_path, d
     plugin.unlink()
     assert main(["models", "--offline"]) == 0
     assert "tiny_convnet" not in capsys.readouterr().out
-    eval_and_predict(run, digit_pngs, capsys)
+    # A new process runs the run's copy of the plugin only when told to (tests/test_trust.py has the rest).
+    assert main(["eval", str(run), "--quiet"]) == 2
+    assert "code/plugin_backbone.py (its plugin)" in capsys.readouterr().err
+    eval_and_predict(run, digit_pngs, capsys, trust=True)
 
 
 def test_entry_point_group_provides_names(tmp_path, monkeypatch, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_TRAIN, make_image_folder, own_cache
+from conftest import TINY_TRAIN, make_image_folder, need_extra, own_cache
 
 from transferkit.cli import main
 from transferkit.core.safeio import load_torch_file
@@ -93,7 +93,7 @@ def test_a_fewshot_run_is_an_ordinary_run_directory(fewshot_runs, name, capsys):
     assert sum(p["prob"] for p in torch_preds) == pytest.approx(1, abs=1e-4)
     assert main(["eval", str(run_dir), "--format", "json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 6
-    pytest.importorskip("onnxruntime")
+    need_extra("onnxruntime", "export")
     assert main(["export", str(run_dir), "--format", "onnx"]) == 0  # checked against PyTorch within 1e-4
     assert main(["predict", str(run_dir), str(image), "--backend", "onnx", "--format", "json", "--quiet"]) == 0
     capsys.readouterr()
@@ -132,3 +132,51 @@ def test_lr_find_has_nothing_to_sweep_for_a_fewshot_head(image_folder, capsys):
     assert main(["lr-find", "--data", str(image_folder), "--head", "prototype", "--weights", "none",
                  "--model", "resnet18", "--image-size", "32"]) == 2
     assert "no learning rate to find" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("head", [PrototypeHead(32, 4), KNNHead(32, 4, k=3)], ids=["prototype", "knn"])
+def test_a_class_without_training_images_is_never_predicted(head):
+    """Class 3 has no training images. A zero centroid scored 0 and won every image far from the real
+    centroids (their logits are negative there); now its logit is below every other class's."""
+    x, y = clusters(k=3)
+    head.fit(x[:60], y[:60])
+    probes = torch.cat([x[60:], 50 * torch.randn(200, 32), x[:60].mean(0, keepdim=True)])  # far away too
+    logits = head(probes)
+    assert (logits[:, 3] < logits[:, :3].min(1).values).all() and (logits.argmax(1) != 3).all()
+    assert torch.isfinite(logits).all()  # finite: the temperature fit and int8 output ranges stay sane
+
+
+def _csv_with_an_unseen_class(root):
+    """cat and dog in every split; owl only in val and test: the classes list it, training never sees it."""
+    images = make_image_folder(root / "images", classes=("cat", "dog", "owl"), per_class=6)
+    rows = ["path,label,split"]
+    for name in ("cat", "dog"):
+        rows += [f"images/{name}/{name}_{i}.png,{name},{'train' if i < 4 else 'val' if i == 4 else 'test'}" for i in range(6)]
+    rows += [f"images/owl/owl_{i}.png,owl,{'val' if i < 3 else 'test'}" for i in range(6)]
+    (root / "data.csv").write_text("\n".join(rows) + "\n")
+    return root / "data.csv", images
+
+
+@pytest.mark.parametrize("head", ["prototype", "knn:3", "linear"])
+def test_a_run_names_the_classes_it_has_no_images_of(tmp_path, capsys, head):
+    data, images = _csv_with_an_unseen_class(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY_TRAIN, "--head", head]) == 0
+    err = capsys.readouterr().err
+    assert "note: 1 class(es) have no training images: owl;" in err
+    run = json.loads((out / "run.json").read_text())
+    assert run["classes"] == ["cat", "dog", "owl"] and run["classes_without_training_images"] == ["owl"]
+    assert "had no training images" in (out / "README.md").read_text()
+    if head == "linear":
+        return  # it learns not to predict owl, with no promise
+    owls = [str(p) for p in sorted((images / "owl").glob("*.png"))] + [str(p) for p in sorted(images.rglob("*.png"))]
+    backends = ["torch"]
+    if need_extra("onnxruntime", "export"):
+        assert main(["export", str(out), "--format", "onnx"]) == 0
+        backends.append("onnx")
+    for backend in backends:
+        capsys.readouterr()
+        assert main(["predict", str(out), *owls, "--backend", backend, "--format", "json", "--topk", "3", "--quiet"]) == 0
+        answers = json.loads(capsys.readouterr().out)
+        assert all(a["predictions"][0]["label"] != "owl" for a in answers), backend
+        assert all(a["predictions"][-1]["label"] == "owl" for a in answers), backend  # ranked last, too

@@ -54,7 +54,7 @@ def test_a_head_no_library_builds_gets_no_promise(tiny_run):
 
 
 def test_the_temperature_travels_with_the_weights(tiny_run, capsys):
-    rewrite(tiny_run, "resnet18", calibration={"temperature": 1.75})
+    rewrite(tiny_run, "resnet18", calibration={"temperature": 1.75, "split": "val", "status": "fitted"})
     assert main(["report", str(tiny_run)]) == 0  # report rewrites the card and config.json
     assert "README.md" in capsys.readouterr().out
     config = json.loads((tiny_run / "config.json").read_text())

@@ -1,6 +1,10 @@
 """A run directory opens without transferkit: timm, transformers and torchvision load it, in a
 fresh process that cannot import transferkit, from the model card's own snippets, and predict
-what ``transferkit predict`` predicts (top-1 always, probabilities within 1e-4, logits within 1e-5)."""
+what ``transferkit predict`` predicts (top-1 always, probabilities within 1e-4, logits within 1e-5).
+
+The runs carry a calibration temperature far from 1 (set in run.json as a fitted one, then the card
+and config.json rewritten by ``transferkit report``): the probabilities compared are the ones the
+card's snippets compute themselves, so a snippet that forgot T would fail here."""
 from __future__ import annotations
 
 import json
@@ -59,6 +63,7 @@ def interop(tmp_path_factory):
             out = root / model.replace("/", "_")
             assert main(["train", "--data", str(data), "--model", model, "--weights", weights, "--image-size", "32",
                          "--epochs", "1", "--batch-size", "4", "--quiet", "--out", str(out)]) == 0
+            calibrated(out, TEMPERATURE)
             runs[model] = str(out)
             ours[model] = transferkit_outputs(out, photos)
     job = root / "job.json"
@@ -69,6 +74,17 @@ def interop(tmp_path_factory):
                           env=env, cwd=root, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return runs, ours, json.loads(done.stdout.strip().splitlines()[-1]), photos
+
+
+TEMPERATURE = 2.5  # 3 validation images fit none; a value this far from 1 shows whether a snippet applies it
+
+
+def calibrated(run_dir: Path, temperature: float) -> None:
+    """The run as if a temperature had been fitted on its validation split; card and config.json rewritten."""
+    record = json.loads((run_dir / "run.json").read_text())
+    record["calibration"].update(status="fitted", temperature=temperature, split="val")
+    (run_dir / "run.json").write_text(json.dumps(record))
+    assert main(["report", str(run_dir)]) == 0
 
 
 def transferkit_outputs(run_dir: Path, photos: list[str]) -> dict:
@@ -102,15 +118,17 @@ def test_other_libraries_load_the_run_and_agree(interop, model):
     mine, theirs = ours[model], outside[runs[model]]
     assert not outside["transferkit_imported"]
     assert set(theirs["blocks"]) == LOADERS[model], theirs["blocks"]
-    temperature = (mine["run"].get("calibration") or {}).get("temperature") or 1.0
-    expected = torch.tensor(mine["predict"])
-    for loader in LOADERS[model]:
+    assert mine["run"]["calibration"]["temperature"] == TEMPERATURE
+    expected = torch.tensor(mine["predict"])  # what `transferkit predict` prints, through T
+    for loader in LOADERS[model] - {"transformers"}:
         logits = torch.tensor(theirs[loader]["logits"])
         assert (logits - mine["logits"]).abs().max() <= 1e-5, loader  # same input pixels, same maths
-        probs = (logits / temperature).softmax(-1)
+        probs = torch.tensor(theirs[loader]["probs"])  # what the card's snippet computed, with its own T
         assert torch.equal(probs.argmax(1), expected.argmax(1)), loader
         assert (probs - expected).abs().max() <= 1e-4, loader
-    hf = theirs["transformers"]
+        assert (logits.softmax(-1) - expected).abs().max() > 1e-3, loader  # T matters on these images
+    hf = theirs["transformers"]  # the pipeline's scores are softmax(logits): the card says to divide by T first
+    assert (torch.tensor(hf["logits"]) - mine["logits"]).abs().max() <= 1e-5
     assert hf["id2label"] == mine["classes"]
     assert hf["pipeline_top1"] == [mine["classes"][i] for i in expected.argmax(1).tolist()]
 
@@ -130,4 +148,4 @@ def test_the_folder_has_the_hub_files(interop, model):
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["library_name"] == "timm" and front["pipeline_tag"] == "image-classification"
     assert front["model-index"][0]["results"][0]["metrics"][0]["value"] == round(run["metrics"]["top1"], 4)
-    assert "hf upload" in card and "## Limitations" in card
+    assert "upload_folder" in card and "## Limitations" in card

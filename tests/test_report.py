@@ -23,6 +23,7 @@ from transferkit.cli import main
 from transferkit.data.specs import load_data
 from transferkit.runs.evaluate import save_outputs
 from transferkit.runs.report import load_outputs, worst_errors
+from transferkit.runs.rundir import read_run
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_outputs_file_matches_the_final_scores(run_dir):
 
 def test_gallery_shows_the_most_confident_errors_with_their_images(run_dir, tmp_path, capsys):
     run = shutil.copytree(run_dir, tmp_path / "run")
-    meta = json.loads((run / "run.json").read_text())
+    meta = read_run(run)  # with local.json: where the data is on this machine
     val = load_data(meta["config"]["data"], meta["config"]["seed"]).split("val")
     labels = val.labels
     # Every image predicted as the next class; the first with probability 0.9, the others lower.
@@ -123,7 +124,7 @@ def test_report_without_outputs_or_data_still_renders(run_dir, tmp_path):
     assert static_problems(page) == [] and "No per-image outputs" in page
 
     # Outputs present but the data set gone (the run copied to another machine): no thumbnails, a note.
-    meta = json.loads((run / "run.json").read_text())
+    meta = read_run(run)  # with local.json: where the data is on this machine
     val = load_data(meta["config"]["data"], meta["config"]["seed"]).split("val")
     logits = torch.zeros(len(val), 3)
     logits[:, 0] = -5  # nothing predicted as cat: the cat image is an error

@@ -209,14 +209,22 @@ class _GatedNet(nn.Module):
         return torch.zeros(len(x), 2)
 
 
-def _gated_app(**settings):
+def _gated_app(deadline=None, **settings):
     from transferkit.data.transforms import Preprocess
     from transferkit.deploy.serve import ServeSettings, Service, create_app
 
     net = _GatedNet()
     service = Service(net, Preprocess(16, (0.5,) * 3, (0.5,) * 3), ["a", "b"], {"model": {"name": "gated"}},
                       "torch", "gated")
-    return create_app(service, ServeSettings(**settings)), net
+    return create_app(service, ServeSettings(**settings), deadline), net
+
+
+def _deadline_when(expired: threading.Event):
+    """A request deadline that passes when the test says so, not when a clock runs out."""
+    async def deadline():
+        while not expired.is_set():
+            await asyncio.sleep(0.005)
+    return deadline
 
 
 def _until(condition, what: str) -> None:
@@ -246,12 +254,19 @@ def test_queued_requests_share_one_forward_pass(served):
 
 
 def test_deadline_gives_504_and_a_full_queue_503(served):
+    """The deadline passes when the test says: after the body arrived and the request is inside the
+    forward pass (504), or while its body is still on the way (408). No timing decides which."""
     _url, _run, images = served
     data = first_image(images).read_bytes()
-    app, net = _gated_app(timeout=0.2)
-    with ThreadServer(app) as server:
-        late = httpx.post(f"{server.url}/predict", content=data, timeout=30)  # the gate stays shut
-        assert late.status_code == 504 and "deadline" in late.json()["error"]
+    expired = threading.Event()
+    app, net = _gated_app(deadline=_deadline_when(expired))
+    with ThreadServer(app) as server, ThreadPoolExecutor(1) as pool:
+        late = pool.submit(httpx.post, f"{server.url}/predict", content=data, timeout=120)  # the gate stays shut
+        assert net.entered.wait(120)  # its whole body is in: now its time is up
+        expired.set()
+        assert late.result().status_code == 504 and "deadline" in late.result().json()["error"]
+        stalled = raw_status(server.url, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+        assert stalled == 408
         assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
         net.gate.set()
     app, net = _gated_app(timeout=120, max_batch=1, max_queue=1, max_wait_ms=0)
@@ -405,3 +420,46 @@ def test_http_fuzz_gets_4xx_and_the_server_stays_up(served):
         assert stalled == [408] * 4
         assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
         assert httpx.post(f"{server.url}/predict", content=first_image(images).read_bytes(), timeout=30).status_code == 200
+
+
+def test_concurrent_decodes_never_exceed_the_bound():
+    """Twelve 12-megapixel uploads at once, decodes bounded to two: the decoder is instrumented and
+    holds every image it gets until the test lets go, so the count of images being decoded at once is
+    read while all twelve requests are in (two decoding, ten waiting with their bytes), not timed."""
+    import io
+
+    from PIL import Image
+
+    height, width = 3000, 4000
+    ramp = (np.add.outer(np.arange(height), np.arange(width)) % 256).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([ramp, ramp[::-1], ramp[:, ::-1]], -1)).save(buffer, "JPEG", quality=90)
+    big = buffer.getvalue()
+    app, net = _gated_app(timeout=300, max_decodes=2, max_bytes=2 * len(big), max_batch=16, max_queue=64)
+    net.gate.set()  # forward passes run freely; the decoder is what is held
+    service, decodes = app.state.service, app.state.decodes
+    real, release, lock, seen = service.decode, threading.Event(), threading.Lock(), {"now": 0, "peak": 0, "n": 0}
+
+    def instrumented(data, max_pixels):
+        with lock:
+            seen["now"] += 1
+            seen["n"] += 1
+            seen["peak"] = max(seen["peak"], seen["now"])
+        try:
+            assert release.wait(300), "the test never released the decoder"
+            return real(data, max_pixels)
+        finally:
+            with lock:
+                seen["now"] -= 1
+
+    service.decode = instrumented
+    with ThreadServer(app) as server, ThreadPoolExecutor(12) as pool:
+        post = lambda _: httpx.post(f"{server.url}/predict", content=big, timeout=300)  # noqa: E731
+        answers = [pool.submit(post, i) for i in range(12)]
+        try:
+            _until(lambda: decodes.waiting + seen["now"] == 12, "all twelve requests at the decoder")
+            assert seen["now"] == decodes.running == 2 and decodes.waiting == 10  # the bound, reached and held
+        finally:
+            release.set()
+        assert [a.result().status_code for a in answers] == [200] * 12
+    assert seen["peak"] == 2 and seen["n"] == 12 and len(big) > 100_000

@@ -10,7 +10,9 @@
 Its data is a SPEC string or a ``torch.utils.data.Dataset`` of ``(image, label)`` items; the
 images are PIL images or tensors (uint8, or floats in [0, 1] without Normalize). Mistakes raise
 ``transferkit.errors.UserError`` with the same message the CLI prints. Loading a run trained on
-users' code runs that code: load only runs you trust.
+users' code (their model, head or plugin file, a torch.hub model) runs that code, so it is refused
+unless the call says ``trust_code=True`` (``--trust-code`` on the command line): read the code of a
+run you did not make first.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from transferkit.data.tta import parse_tta, tta_views
 from transferkit.deploy.backends import load_backend
 from transferkit.deploy.predict import collect_images, image_probabilities, predict_images, top_predictions
 from transferkit.models.transfer import create_model as _create
+from transferkit.models.usercode import trusting_code
 from transferkit.plan.budget import parse_duration, plan_and_train
 from transferkit.plan.rank import candidates_for, offline_models
 from transferkit.plan.rank import rank as _rank
@@ -58,30 +61,32 @@ def _config(data_spec: str, model: str, settings: dict):
 
 
 def fit(data, model: str = "efficientnet_lite0", *, val=None, test=None, budget: str | float | None = None,
-        models=None, sizes=None, robust: float = 0.0, **settings) -> dict:
+        models=None, sizes=None, robust: float = 0.0, trust_code: bool = False, **settings) -> dict:
     """Train like ``transferkit train``; returns ``{"run_dir", "metrics", "split", "best_epoch", "cached"}``.
 
     ``data``: a data SPEC (folder, CSV, ``digits`` ...) or a Dataset; with a Dataset, ``val`` and
     ``test`` may be Datasets too (without ``val``, 20% of each class is held out by ``seed``).
-    Class names come from ``dataset.classes`` when it has them, else the labels.
+    Class names come from ``dataset.classes`` when it has them, else the labels. ``trust_code``:
+    with ``resume=True``, run the code the run names (its copy of a model, head or plugin file).
 
     ``budget="10m"`` (or seconds) is ``train --budget``: the recipe is chosen for you among ``models``
     (default: those with weights here) and ``sizes`` and the result has the ``"plan"`` too;
     ``robust`` weighs accuracy under corruptions into that choice.
     """
-    if isinstance(data, (str, Path)):
-        if val is not None or test is not None:
-            raise UserError("val= and test= go with a Dataset; a data SPEC brings its own splits")
-        splits = None
-        cfg = _config(str(data), model, settings)
-    else:
-        splits = dataset_splits(data, val, test, seed=int(settings.get("seed", 0)))
-        cfg = _config(splits.spec, model, settings)
-    if budget is None:
-        return train(cfg, splits=splits)
-    seconds = parse_duration(budget) if isinstance(budget, str) else float(budget)
-    models = list(models) if models else ([model] if "model" in settings or model != "efficientnet_lite0" else None)
-    return plan_and_train(cfg, seconds, models, list(sizes) if sizes else None, splits=splits, robust=robust)
+    with trusting_code(trust_code):
+        if isinstance(data, (str, Path)):
+            if val is not None or test is not None:
+                raise UserError("val= and test= go with a Dataset; a data SPEC brings its own splits")
+            splits = None
+            cfg = _config(str(data), model, settings)
+        else:
+            splits = dataset_splits(data, val, test, seed=int(settings.get("seed", 0)))
+            cfg = _config(splits.spec, model, settings)
+        if budget is None:
+            return train(cfg, splits=splits)
+        seconds = parse_duration(budget) if isinstance(budget, str) else float(budget)
+        models = list(models) if models else ([model] if "model" in settings or model != "efficientnet_lite0" else None)
+        return plan_and_train(cfg, seconds, models, list(sizes) if sizes else None, splits=splits, robust=robust)
 
 
 def rank(data, models=None, sizes=(96, 160, 224), *, sample: int = 2000, budget: str | float | None = None,
@@ -96,30 +101,36 @@ def rank(data, models=None, sizes=(96, 160, 224), *, sample: int = 2000, budget:
     return [row.to_json() for row in result.rows]
 
 
-def evaluate(run_dir: str | Path, data=None, split: str = "test", *, device: str = "auto", tta: str | None = None) -> dict:
+def evaluate(run_dir: str | Path, data=None, split: str = "test", *, device: str = "auto", tta: str | None = None,
+             trust_code: bool = False) -> dict:
     """Scores of a run (top1, top5, balanced_accuracy, macro_f1, loss, nll, n, per_class, confusion_matrix,
     ece, ece_uncalibrated, temperature) on ``split`` of its own data, of another data SPEC, or of a
-    Dataset (scored whole); ``tta="flip"`` (or ``crops``, ``flip,crops``) averages test-time views."""
+    Dataset (scored whole); ``tta="flip"`` (or ``crops``, ``flip,crops``) averages test-time views;
+    ``trust_code``: run the code the run names (see the module's notes)."""
     if data is None and read_run(run_dir)["config"]["data"].startswith("python:"):
         raise UserError(f"{run_dir} was trained on a Python Dataset; pass it (or another) as evaluate(..., data=...)")
-    if data is None or isinstance(data, (str, Path)):
-        return evaluate_run(str(run_dir), str(data) if data is not None else None, split, device, tta=tta)
-    return evaluate_run(str(run_dir), None, split, device, splits=evaluation_splits(data, split), tta=tta)
+    with trusting_code(trust_code):
+        if data is None or isinstance(data, (str, Path)):
+            return evaluate_run(str(run_dir), str(data) if data is not None else None, split, device, tta=tta)
+        return evaluate_run(str(run_dir), None, split, device, splits=evaluation_splits(data, split), tta=tta)
 
 
-def predict(run_dir: str | Path, images, topk: int = 5, *, device: str = "auto", tta: str | None = None) -> list[dict]:
+def predict(run_dir: str | Path, images, topk: int = 5, *, device: str = "auto", tta: str | None = None,
+            trust_code: bool = False) -> list[dict]:
     """Top-``topk`` ``{"label", "index", "prob"}`` per image, best first; probabilities through the run's
     temperature, averaged over test-time views with ``tta="flip"`` (or ``crops``, ``flip,crops``).
 
     ``images``: a path or folder, or a list of paths, folders, PIL images and tensors. Each entry
     of the result has ``"path"`` (files) or ``"image"`` (its position in ``images``), and
-    ``"predictions"`` (or ``"error"`` for an unreadable file).
+    ``"predictions"`` (or ``"error"`` for an unreadable file). ``trust_code``: run the code the run
+    names (see the module's notes).
     """
     if topk < 1:
         raise UserError("topk must be at least 1")
     items = [images] if isinstance(images, (str, Path)) or not isinstance(images, (list, tuple)) else list(images)
     views = parse_tta(tta)
-    predictor = load_backend(run_dir, "torch")
+    with trusting_code(trust_code):
+        predictor = load_backend(run_dir, "torch")
     dev = pick_device(device)
     predictor.module.to(dev)
     pre, classes = predictor.pre, predictor.classes

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         command = importlib.import_module(f"transferkit.cli.{args.module}")
         plugins = importlib.import_module("transferkit.models.plugins")
         plugins.load_plugins(args.plugin + getattr(args, "command_plugins", []))
-        status = command.run(args)
+        with importlib.import_module("transferkit.models.usercode").trusting_code(getattr(args, "trust_code", False)):
+            status = command.run(args)
         sys.stdout.flush()  # a reader that left shows here, inside the handler below
         return status
     except UserError as exc:

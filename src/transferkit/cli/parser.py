@@ -10,9 +10,12 @@ from transferkit import __version__
 from transferkit.core.config import add_arguments
 from transferkit.core.deprecated import renamed_value
 
-# For every command that loads a run: a run trained on users' code stores that code and runs it.
+# For every command that loads a run: a run trained on users' code stores that code, run only with --trust-code.
 TRUSTED_RUN = ("a run directory. A run trained on your own model, head or plugin code keeps that code in "
-               "RUN_DIR/code/ and runs it when loaded: load only runs you trust")
+               "RUN_DIR/code/; it runs only with --trust-code")
+TRUST_HELP = ("run the Python code the run directory names (its RUN_DIR/code/*.py model, head or plugin, or a torch.hub "
+              "model); without it such a run is refused. Read the code first: a downloaded run can hold any code")
+LOADS_RUNS = ("train", "eval", "predict", "embed", "export", "serve")  # commands that load a run (train: --resume)
 CACHE_DIR_HELP = ("the cache folder holding decoded images and converted engines (default: the run's own --cache-dir, else the user "
                   "cache dir)")
 OUTSIDE_HELP = ("read image paths of a parquet file or CSV that lead outside its folder (absolute paths, ../); "
@@ -296,6 +299,9 @@ def _serve(sub):
     p.add_argument("--max-bytes", default="10MB", help="largest request body (default 10MB); bigger ones get 413")
     p.add_argument("--max-pixels", type=int, default=50_000_000,
                    help="largest image, in pixels, read from its header before decoding (default 50 million); 422")
+    p.add_argument("--max-decodes", type=int, default=0,
+                   help="images decoded at once per worker (default 0: its share of the cores, at most 4); each "
+                        "holds up to ~30 bytes per pixel while it decodes, the others wait with their bytes only")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds a request may take, upload included (408 while its body is still arriving, else 504)")
     p.add_argument("--max-batch", type=int, default=16, help="most requests answered by one forward pass")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
@@ -370,4 +376,6 @@ def build_parser() -> argparse.ArgumentParser:
         # dest: a subparser's default would otherwise overwrite the global flag's value.
         command.add_argument("--plugin", action="append", default=[], dest="command_plugins", metavar="FILE.py",
                              help=PLUGIN_HELP)
+    for name in LOADS_RUNS:
+        sub.choices[name].add_argument("--trust-code", action="store_true", help=TRUST_HELP)
     return parser

@@ -25,8 +25,8 @@ class TrainConfig:
     model: str = opt("efficientnet_lite0", "backbone: a torchvision name (resnet18), timm/NAME, efficientnet_lite0..2, "
                                            "hub:owner/repo:entry, a name registered by a --plugin, or your own "
                                            "path/file.py:Class, built as Class(num_classes=N), its last nn.Linear the "
-                                           "classifier (use --weights none or PATH). Your file is copied into the run "
-                                           "and runs again whenever the run is loaded: use trusted code only")
+                                           "classifier (use --weights none or PATH). Your file is copied into the run; "
+                                           "loading the run runs it again, only with --trust-code")
     weights: str = opt("imagenet", "imagenet | none | PATH to .safetensors or a weights-only .pth | a weight name: "
                                    "torchvision's DEFAULT, IMAGENET1K_V1, MobileNet_V2_Weights.IMAGENET1K_V1, or a timm "
                                    "tag timm/resnet50.a1_in1k (cached ones are used offline, their hash checked)")
@@ -36,7 +36,7 @@ class TrainConfig:
     head: str = opt("linear", "linear | mlp:512[,256][,dropout=0.2][,bn] | prototype (nearest class mean of centred, "
                               "L2-normalised features; no gradient steps) | knn:K (K nearest training images vote) | "
                               "path/file.py:Class, your nn.Module built as Class(in_features, num_classes); copied into "
-                              "the run and run again whenever the run is loaded: use trusted code only")
+                              "the run; loading the run runs it again, only with --trust-code")
     recipe: str = opt("standard", "standard | lpft (linear probe, then fine-tune: fit the head to convergence on the "
                                   "frozen features first, then train what --freeze leaves trainable from there; "
                                   "give --freeze N or none and a small --lr)", choices=("standard", "lpft"))

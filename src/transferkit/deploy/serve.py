@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +32,10 @@ from transferkit.data.images import BadImage, load_uint8
 from transferkit.data.tta import tta_views
 from transferkit.deploy.backends import load_backend
 from transferkit.deploy.batcher import DynamicBatcher, Overloaded
+from transferkit.deploy.decodes import DecodePool, default_size
 from transferkit.deploy.predict import image_probabilities, top_predictions
 from transferkit.deploy.serve_page import page_html
+from transferkit.models.usercode import code_trusted, trusting_code
 
 log = logging.getLogger("transferkit.serve")
 ENV_CONFIG = "TRANSFERKIT_SERVE_CONFIG"  # how `--workers N` hands the settings to each worker process
@@ -47,6 +49,7 @@ class ServeSettings:
     max_batch: int = 16
     max_wait_ms: float = 5.0
     max_queue: int = 256
+    max_decodes: int = 0  # images decoded at once (deploy/decodes.py); 0: default_size()
 
 
 class Refuse(Exception):
@@ -100,7 +103,8 @@ class Service:
                                 "meaning": "probabilities are softmax(logits / temperature)"}, "tta": list(self.tta),
                 "metrics": self.run.get("metrics"), "created": self.run.get("created"),
                 "limits": {"max_bytes": settings.max_bytes, "max_pixels": settings.max_pixels,
-                           "timeout_s": settings.timeout, "max_batch": settings.max_batch}}
+                           "timeout_s": settings.timeout, "max_batch": settings.max_batch,
+                           "max_decodes": settings.max_decodes or default_size()}}
 
 
 class _NoSniff:
@@ -178,24 +182,44 @@ def _parse_topk(value: str | None, num_classes: int) -> int:
     return min(int(value), num_classes)
 
 
-def create_app(service: Service, settings: ServeSettings | None = None):
-    """The FastAPI app around a loaded ``service``."""
+async def _before(deadline, work):
+    """``work``'s result, or ``asyncio.TimeoutError`` when ``deadline()`` returns first (``work`` is then
+    cancelled and unwound: its place in the queue, its decode). ``asyncio.wait_for`` with the deadline
+    as something to await, so that a test can decide when time is up instead of racing a clock."""
+    task, timer = asyncio.ensure_future(work), asyncio.ensure_future(deadline())
+    try:
+        await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        timer.cancel()
+        finished = task.done()
+        if not finished:
+            task.cancel()
+            await asyncio.wait({task})
+    if not finished:
+        raise asyncio.TimeoutError
+    return task.result()
+
+
+def create_app(service: Service, settings: ServeSettings | None = None, deadline=None):
+    """The FastAPI app around a loaded ``service``. ``deadline()``: awaited beside each request, it
+    returns when the request's time is up (default: after ``settings.timeout`` seconds)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
-    from starlette.concurrency import run_in_threadpool
-
 
     settings = settings or ServeSettings()
+    deadline = deadline or (lambda: asyncio.sleep(settings.timeout))
     batcher = DynamicBatcher(service.forward, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue)
+    decodes = DecodePool(settings.max_decodes or default_size())
 
     @asynccontextmanager
     async def lifespan(_app):
         await batcher.start()
         yield
         await batcher.stop()
+        decodes.close()
 
     app = FastAPI(title="transferkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.service, app.state.settings, app.state.batcher = service, settings, batcher
+    app.state.service, app.state.settings, app.state.batcher, app.state.decodes = service, settings, batcher, decodes
 
     @app.exception_handler(Refuse)
     async def refused(_request, exc: Refuse):
@@ -208,7 +232,7 @@ def create_app(service: Service, settings: ServeSettings | None = None):
         data = await read_image_bytes(request, settings.max_bytes)
         arrived.set()
         try:
-            array = await run_in_threadpool(service.decode, data, settings.max_pixels)
+            array = await decodes.run(service.decode, data, settings.max_pixels)
         except BadImage as bad:
             raise Refuse(422, f"not a usable image: {bad.reason}") from None
         finally:
@@ -226,7 +250,7 @@ def create_app(service: Service, settings: ServeSettings | None = None):
         topk = _parse_topk(request.query_params.get("topk"), len(service.classes))
         arrived = asyncio.Event()
         try:
-            return await asyncio.wait_for(answer(request, topk, start, arrived), settings.timeout)
+            return await _before(deadline, answer(request, topk, start, arrived))
         except asyncio.TimeoutError:
             if not arrived.is_set():  # the client's fault: its body was still on the way
                 raise Refuse(408, f"the request body did not arrive within the {settings.timeout:g} s deadline") from None
@@ -258,8 +282,9 @@ def app_from_environment():
     config = json.loads(os.environ[ENV_CONFIG])
     threads = config.get("threads") or max(1, (os.cpu_count() or 1) // max(1, config["workers"]))
     torch.set_num_threads(threads)  # N workers share the cores instead of each claiming all (so do the engines)
-    service = Service.from_run(config["run_dir"], config["backend"], config.get("precision", "fp32"), threads,
-                               tuple(config.get("tta", ())))
+    with trusting_code(config.get("trust_code", False)):  # the serve command's --trust-code
+        service = Service.from_run(config["run_dir"], config["backend"], config.get("precision", "fp32"), threads,
+                                   tuple(config.get("tta", ())))
     return create_app(service, ServeSettings(**config["settings"]))
 
 
@@ -271,6 +296,7 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: str 
     import uvicorn
 
     settings = settings or ServeSettings()
+    settings = replace(settings, max_decodes=settings.max_decodes or default_size(workers))  # each worker's share
     _check_port(host, port)
     # With several workers each gets its share of the cores; the check below runs with that share too.
     threads = threads or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0)
@@ -290,6 +316,7 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: str 
     # Each worker converts nothing again (the converted file is cached) but checks its engine itself.
     os.environ[ENV_CONFIG] = json.dumps({"run_dir": str(Path(run_dir).resolve()), "backend": backend,
                                          "precision": precision, "threads": threads, "tta": list(tta),
+                                         "trust_code": code_trusted(),
                                          "workers": workers, "settings": asdict(settings)})
     uvicorn.run("transferkit.deploy.serve:app_from_environment", factory=True, workers=workers, **common)
 

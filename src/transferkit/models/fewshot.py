@@ -11,6 +11,13 @@ images' features is used instead (a deviation from the paper, chosen because it 
 - ``knn:K``: the K most cosine-similar training images vote, each with weight exp(sim / TAU)
   (the weighted k-NN of DINO's evaluation); logits are the log of the vote shares.
 
+A class with no training images (a ``ClassLabel`` that lists unused names, a ``--train-limit``
+that drops a rare class) is never predicted, nor ranked above a class that has images: it has no
+centroid (a zero one would score 0, above every class the image is far from) and no votes. Its
+logit is a constant just below the lowest any class with images can reach, ``ABSENT``; a finite
+constant of the same size as the other logits, so it survives safetensors, ONNX, int8 output
+ranges and the temperature fit unchanged.
+
 Everything is a buffer: the heads live in ``model.safetensors`` like any other weights, export
 to ONNX and serve as they are. The run's temperature (calibration) then makes their
 probabilities honest; ``SCALE`` and ``TAU`` only give that fit a sensible place to start.
@@ -26,6 +33,9 @@ from transferkit.core.errors import UserError
 SCALE = 10.0   # cosine classifiers use 10-30: unit vectors' distances span [0, 4]
 TAU = 0.1      # k-NN vote temperature on cosine similarity
 FLOOR = 1e-4   # vote share of a class no neighbour voted for: finite logits for the temperature fit
+# A prototype logit is SCALE * (z.c - |c|^2 / 2) with |z| = 1 and |c| <= 1 (a mean of unit vectors):
+# never below -1.5 * SCALE. A class without training images sits under that, at -2 * SCALE.
+ABSENT = -2.0 * SCALE
 
 
 def is_fewshot(spec: str | None) -> bool:
@@ -70,12 +80,14 @@ class PrototypeHead(_Resizable):
         features, labels = features.to(self.center.device), labels.to(self.center.device)
         self.center.copy_(features.float().mean(0))
         z = cl2n(features, self.center)
+        present = torch.zeros(self.num_classes, dtype=torch.bool, device=self.center.device)
         for c in range(self.num_classes):
             members = z[labels == c]
-            # A class without training images keeps a zero centroid and never wins outright.
+            present[c] = len(members) > 0
             self.weight[c] = members.mean(0) if len(members) else 0.0
         self.weight.mul_(SCALE)
         self.bias.copy_(-0.5 * SCALE * self.weight.pow(2).sum(1) / SCALE ** 2)
+        self.bias[~present] = ABSENT  # zero weights: the logit is ABSENT whatever the image
 
     def forward(self, x):
         return F.linear(cl2n(x, self.center), self.weight, self.bias)
@@ -101,7 +113,11 @@ class KNNHead(_Resizable):
         top, index = similarity.topk(min(self.k, self.support.shape[0]), dim=1)
         weights = ((top - 1) / TAU).exp()  # shifted by the largest possible similarity: no overflow
         shares = (weights.unsqueeze(-1) * self.votes[index]).sum(1)
-        return (shares / shares.sum(1, keepdim=True) + FLOOR).log()
+        logits = (shares / shares.sum(1, keepdim=True) + FLOOR).log()
+        # Some class always has a share > 0, so one without training images never wins; it also
+        # ranks below the classes that have images but no votes here (log FLOOR), at ABSENT.
+        has_images = self.votes.sum(0) > 0
+        return torch.where(has_images, logits, torch.full_like(logits, ABSENT))
 
 
 def make_fewshot_head(spec: str, in_features: int, num_classes: int) -> nn.Module:

@@ -1,11 +1,21 @@
 """Users' own modules: ``path/file.py:Class`` for a whole model or a head.
 
-Loading such a spec *runs that file*, as importing any Python file does: only use runs and
-files you trust. A training run copies the file into ``RUN_DIR/code/`` and stores the spec as
-``@run/code/file.py:Class``, so the run keeps working after the original moves or changes.
-The file is imported on its own (its folder is not put on ``sys.path``), so the copy behaves
-exactly like the original: everything the classes need lives in that one file or in installed
-packages.
+Loading such a spec *runs that file*, as importing any Python file does. A training run copies
+the file into ``RUN_DIR/code/`` and stores the spec as ``@run/code/file.py:Class``, so the run
+keeps working after the original moves or changes. The file is imported on its own (its folder is
+not put on ``sys.path``), so the copy behaves exactly like the original: everything the classes
+need lives in that one file or in installed packages.
+
+**Code in a run folder runs only when the user says so.** A run folder can come from anywhere (a
+Hub download, a colleague), and run.json can name any file, a plugin, or a torch.hub repository.
+Loading a run that would run such code is refused, naming the code, unless the caller trusts it:
+``--trust-code`` on the command line, ``trust_code=True`` in Python (as transformers'
+``trust_remote_code``). There is no "this is my own run" marker to check: anything a run folder
+carries, a downloaded one can carry too. Two cases run nothing new and need no flag: ``train``
+itself (it imports the file the user named, never the run's copy), and a run file whose content
+this process has already imported (a ``--plugin`` given again, the file of a model just trained
+in the same Python session): a file is imported under a name made from its content, so importing
+an identical copy returns the module already loaded and executes nothing.
 """
 from __future__ import annotations
 
@@ -13,11 +23,31 @@ import hashlib
 import importlib.util
 import shutil
 import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from transferkit.core.errors import UserError
 
 RUN_PREFIX = "@run/"
+HUB_PREFIX = "hub:"  # hub:owner/repo:entry, built by torch.hub from the repository's own code
+TRUST_FLAG = "--trust-code"
+# Whether code named by a run may run; set for one command (--trust-code) or one API call (trust_code=True).
+_trusted: ContextVar[bool] = ContextVar("transferkit_trust_code", default=False)
+
+
+@contextmanager
+def trusting_code(trust: bool):
+    """Within: loading a run may run the code it names (``--trust-code``, ``trust_code=True``)."""
+    token = _trusted.set(bool(trust))
+    try:
+        yield
+    finally:
+        _trusted.reset(token)
+
+
+def code_trusted() -> bool:
+    return _trusted.get()
 
 
 def parse_spec(spec: str) -> tuple[Path, str]:
@@ -36,9 +66,7 @@ def load_module(path: str | Path):
     path = Path(path).expanduser()
     if not path.is_file() or path.suffix != ".py":
         raise UserError(f"{path}: not an existing .py file")
-    # A name derived from the file's content: two different files never shadow each other, and
-    # a run's copy of a file already imported from elsewhere is the same module (same classes).
-    module_name = f"transferkit_user_{path.stem}_{file_sha256(path)[:12]}"
+    module_name = _module_name(path)
     module = sys.modules.get(module_name)
     if module is None:
         loader_spec = importlib.util.spec_from_file_location(module_name, path)
@@ -53,6 +81,12 @@ def load_module(path: str | Path):
                     if isinstance(exc, ModuleNotFoundError) else "")
             raise UserError(f"{path} failed to import: {type(exc).__name__}: {exc}{hint}") from None
     return module
+
+
+def _module_name(path: Path) -> str:
+    # A name derived from the file's content: two different files never shadow each other, and
+    # a run's copy of a file already imported from elsewhere is the same module (same classes).
+    return f"transferkit_user_{path.stem}_{file_sha256(path)[:12]}"
 
 
 def load_class(spec: str):
@@ -117,11 +151,44 @@ def resolve_run_spec(spec: str | None, run_dir: Path) -> str | None:
     return spec
 
 
+def code_to_run(run_dir: Path, model_spec: str | None, head_spec: str | None, plugin: str | None) -> list[str]:
+    """What loading a run with these stored specs would run that this process has not run yet:
+    its model's and head's files, its plugin, a torch.hub repository (one description each)."""
+    named = [(resolve_run_spec(spec, run_dir), role) for spec, role in ((model_spec, "model"), (head_spec, "head"))
+             if is_user_spec(spec)]
+    files = [(parse_spec(spec)[0], role) for spec, role in named]
+    if plugin:
+        files.append((Path(resolve_run_spec(plugin, run_dir)).expanduser(), "plugin"))
+    found = []
+    for path, role in files:
+        if not (path.is_file() and _module_name(path) in sys.modules):  # imported already: runs nothing new
+            shown = path.relative_to(run_dir) if path.is_relative_to(run_dir) else path
+            found.append(f"{shown} (its {role})")
+    if model_spec and model_spec.startswith(HUB_PREFIX):
+        found.append(f"the torch.hub repository {model_spec[len(HUB_PREFIX):].rsplit(':', 1)[0]} (its model, "
+                     "downloaded and run)")
+    return found
+
+
+def names_code(model_spec: str | None, head_spec: str | None, plugin: str | None) -> bool:
+    """Whether loading a run with these specs runs code other than transferkit's and installed packages'."""
+    return bool(plugin) or is_user_spec(model_spec) or is_user_spec(head_spec) or str(model_spec).startswith(HUB_PREFIX)
+
+
+def require_trust(run_dir: Path, model_spec: str | None, head_spec: str | None, plugin: str | None) -> None:
+    """Refuse to load a run that would run code, unless the caller trusts it (see the module's notes)."""
+    found = code_to_run(Path(run_dir), model_spec, head_spec, plugin)
+    if found and not code_trusted():
+        raise UserError(f"{run_dir} would run Python code when loaded: {'; '.join(found)}. A run folder's code runs only "
+                        f"when you say so: read it, then pass {TRUST_FLAG} (Python: trust_code=True) if you trust it")
+
+
 def resolve_run_code(run_dir: Path, model_spec: str, head_spec: str, plugin: str | None) -> tuple[str, str]:
     """The stored model and head specs pointed at the run's own copies; the run's plugin imported.
 
-    This runs code stored in the run directory: load only runs you trust.
+    Code a run names runs only when trusted (``require_trust``).
     """
+    require_trust(Path(run_dir), model_spec, head_spec, plugin)
     if plugin:
         # The copied plugin registers its backbone names again in this process.
         load_module(resolve_run_spec(plugin, Path(run_dir)))

@@ -20,10 +20,16 @@ from transferkit.data.tta import parse_tta, tta_views
 from transferkit.engine.batches import Batches
 from transferkit.engine.loop import predict_logits
 from transferkit.engine.optim import device_precision
-from transferkit.runs.calibration import average_probabilities, probabilities, run_temperature
+from transferkit.runs.calibration import (
+    FOLDS,
+    average_probabilities,
+    cross_fitted_log_probabilities,
+    log_probabilities,
+    run_temperature,
+)
 from transferkit.runs.history import append_eval_row
 from transferkit.runs.inference import classifier_engine, engine_settings
-from transferkit.runs.metrics import score, score_probs
+from transferkit.runs.metrics import score_log_probs
 from transferkit.runs.rundir import load_run
 from transferkit.runtimes.choose import SAMPLE, engine_device, in_torch, stays_in_torch
 
@@ -42,9 +48,10 @@ def outputs_path(run_dir: str | Path, split: str) -> Path:
 
 
 def save_outputs(run_dir: str | Path, split: str, probs: torch.Tensor, labels: torch.Tensor, original, scored,
-                 data: str, uncalibrated: torch.Tensor | None = None) -> Path:
+                 data: str, uncalibrated: torch.Tensor | None = None, held_out: torch.Tensor | None = None) -> Path:
     """Per-image probabilities of a scored split (calibrated, and before the temperature when given),
-    for the report's worst errors and both reliability plots.
+    for the report's worst errors and both reliability plots; ``held_out``: cross-fitted calibrated
+    probabilities, when the split is the one the temperature was fitted on (the report judges those).
 
     ``index`` is each row's position in ``load_data(data).split(split)`` (``original``): images
     dropped by --skip-bad shift positions, so file sets are matched back by path.
@@ -58,6 +65,8 @@ def save_outputs(run_dir: str | Path, split: str, probs: torch.Tensor, labels: t
               "index": index, "split": np.array(split), "data": np.array(data)}
     if uncalibrated is not None:
         arrays["probs_uncalibrated"] = uncalibrated.float().numpy().astype(np.float16)
+    if held_out is not None:
+        arrays["probs_held_out"] = held_out.float().numpy().astype(np.float16)
     path = outputs_path(run_dir, split)
 
     def write(tmp):
@@ -135,16 +144,19 @@ def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels
                                         progress=progress, desc=f"eval {split}" + (f" view {i + 1}/{len(views)}" if kinds else ""))
         per_view.append(logits)
     target = mapping[labels]
-    if len(per_view) == 1:
-        result = score(per_view[0], target, classes, temperature)
-        probs, uncalibrated = probabilities(per_view[0], temperature), probabilities(per_view[0])
-    else:
-        probs, uncalibrated = average_probabilities(per_view, temperature), average_probabilities(per_view)
-        result = score_probs(probs, uncalibrated, target, classes, temperature)
-    result.update({"split": split, "data": spec, "run": str(run_dir), "tta": list(kinds)})
+    # The split the temperature was fitted on (the run's own data): its calibration is scored cross-fitted.
+    fitted_here = (run.get("calibration") or {}).get("split") == split and spec == run["config"]["data"]
+    held_out = cross_fitted_log_probabilities(per_view, target) if fitted_here else None
+    calibrated = log_probabilities(per_view, temperature)  # what predict says: it ranks the classes (top-1)
+    result = score_log_probs(held_out if held_out is not None else calibrated, log_probabilities(per_view), target,
+                             classes, temperature, ranking=per_view[0] if len(per_view) == 1 else calibrated)
+    result.update({"split": split, "data": spec, "run": str(run_dir), "tta": list(kinds),
+                   "calibration_scored": "cross-fitted" if fitted_here else "held out"})
     if not dist.is_main():
         return result
-    save_outputs(run_dir, split, probs, target, original, imageset, spec, uncalibrated=uncalibrated)
+    probs, uncalibrated = average_probabilities(per_view, temperature), average_probabilities(per_view)
+    save_outputs(run_dir, split, probs, target, original, imageset, spec, uncalibrated=uncalibrated,
+                 held_out=held_out.exp() if held_out is not None else None)
     write_json_atomic(Path(run_dir) / "eval" / f"{split}.json", result)
     append_eval_row(Path(run_dir), split, result)
     return result
@@ -169,7 +181,9 @@ def format_table(result: dict) -> str:
              f"balanced acc {result['balanced_accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
              f"loss {result['loss']:.4f}  n {result['n']}{views}",
              f"calibration: temperature {result['temperature']:.3f}, ECE {result['ece']:.4f} "
-             f"(uncalibrated {result['ece_uncalibrated']:.4f})",
+             f"(uncalibrated {result['ece_uncalibrated']:.4f})" + (
+                 f"; the temperature was fitted on {result['split']}: ECE and nll cross-fitted ({FOLDS} folds)"
+                 if result.get("calibration_scored") == "cross-fitted" else ""),
              "", f"{'class':<24}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
     for name, s in result["per_class"].items():
         lines.append(f"{name[:23]:<24}{s['precision']:>10.4f}{s['recall']:>10.4f}{s['f1']:>10.4f}{s['support']:>10}")

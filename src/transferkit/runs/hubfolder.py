@@ -27,6 +27,7 @@ from transferkit.core.errors import UserError
 from transferkit.core.lazy import LazyModule
 from transferkit.core.safeio import write_json_atomic, write_text_atomic
 from transferkit.models.registry import family_for
+from transferkit.runs.localpaths import split_local
 from transferkit.runs.metrics import per_class_scores
 from transferkit.runs.modelcard import model_card
 from transferkit.runs.rundir import read_run
@@ -46,9 +47,11 @@ class Loaders:
 
 
 def temperature(run: dict) -> float | None:
-    """The calibration temperature of the run, if it has one: probabilities are softmax(logits / T)."""
-    value = (run.get("calibration") or {}).get("temperature")
-    return float(value) if value is not None else None
+    """The calibration temperature of the run, if one was fitted: probabilities are softmax(logits / T).
+    None after ``--no-calibrate`` or a fit skipped for want of images: T = 1 is no calibration to pass on."""
+    calibration = run.get("calibration") or {}
+    value = calibration.get("temperature")
+    return float(value) if value is not None and calibration.get("split") else None
 
 
 def _library_names(run: dict) -> dict:
@@ -160,7 +163,9 @@ def per_class(run_dir: Path, classes: list[str]) -> dict | None:
 def write_model_folder(run_dir: str | Path, run: dict | None = None) -> list[Path]:
     """Write config.json (when timm loads the weights) and README.md; return the paths written."""
     run_dir = Path(run_dir)
-    run = run if run is not None else read_run(run_dir)
+    # What gets published says nothing of this machine: the record without its paths (localpaths.py),
+    # also for runs written before local.json existed.
+    run = split_local(run if run is not None else read_run(run_dir, local=False))[0]
     found = loaders(run, weight_shapes(run_dir / "model.safetensors"))
     written = []
     if found.timm:

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from transferkit.runs.calibration import probabilities
+from transferkit.runs.calibration import log_probabilities
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -63,23 +62,25 @@ def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, bins: 
     return sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(probs, target, bins))
 
 
-def score(logits: torch.Tensor, target: torch.Tensor, classes: list[str], temperature: float = 1.0) -> dict:
-    """Scores of logits: top-k from the logits themselves, probabilities (ECE, NLL) through ``temperature``."""
+def score(logits: torch.Tensor, target: torch.Tensor, classes: list[str], temperature: float = 1.0,
+          log_probs: torch.Tensor | None = None) -> dict:
+    """Scores of logits: top-k from the logits themselves, probabilities (ECE, NLL) through ``temperature``;
+    ``log_probs``: the calibrated log-probabilities to judge instead (cross-fitted ones, say)."""
     logits = logits.float()
-    if len(target) == 0:
-        return score_probs(logits, logits, target, classes, temperature)
-    loss = float(F.cross_entropy(logits, target.long()))  # the raw logits' loss, as in training
-    return score_probs(probabilities(logits, temperature), logits.softmax(1), target, classes, temperature,
-                       ranking=logits, loss=loss)
+    calibrated = log_probs if log_probs is not None else log_probabilities([logits], temperature)
+    return score_log_probs(calibrated, log_probabilities([logits]), target, classes, temperature, ranking=logits)
 
 
-def score_probs(probs: torch.Tensor, uncalibrated: torch.Tensor, target: torch.Tensor, classes: list[str],
-                temperature: float = 1.0, ranking: torch.Tensor | None = None, loss: float | None = None) -> dict:
-    """top1/top5 (fractions), balanced accuracy, macro-F1, loss (NLL of the uncalibrated probabilities),
-    nll (of the calibrated ones), n, per-class precision/recall/F1/support, confusion matrix, and the
-    ECE of the calibrated (``ece``) and uncalibrated (``ece_uncalibrated``) probabilities.
+def score_log_probs(log_probs: torch.Tensor, uncalibrated: torch.Tensor, target: torch.Tensor, classes: list[str],
+                    temperature: float = 1.0, ranking: torch.Tensor | None = None) -> dict:
+    """top1/top5 (fractions), balanced accuracy, macro-F1, loss (NLL of the uncalibrated probabilities:
+    the raw logits' cross-entropy, as in training), nll (of the calibrated ones), n, per-class
+    precision/recall/F1/support, confusion matrix, and the ECE of the calibrated (``ece``) and
+    uncalibrated (``ece_uncalibrated``) probabilities. Inputs are log-probabilities (float64 from
+    ``log_probabilities``): an NLL from probabilities clamped at some epsilon would cap what one
+    confident error costs.
 
-    ``ranking`` orders the classes (the logits; default ``probs``): dividing by T can round two close
+    ``ranking`` orders the classes (the logits; default ``log_probs``): dividing by T can round two close
     probabilities to the same value, never swap them, so the logits' order is the exact one.
     """
     target = target.long()
@@ -88,22 +89,22 @@ def score_probs(probs: torch.Tensor, uncalibrated: torch.Tensor, target: torch.T
         return {"top1": 0.0, "top5": 0.0, "balanced_accuracy": 0.0, "macro_f1": 0.0, "loss": 0.0, "nll": 0.0, "n": 0,
                 "per_class": {}, "confusion_matrix": [], "ece": 0.0, "ece_uncalibrated": 0.0,
                 "temperature": temperature}
-    ranking = probs if ranking is None else ranking
+    ranking = log_probs if ranking is None else ranking
     k = min(5, ranking.shape[1])
     topk = ranking.topk(k, dim=1).indices
     pred = topk[:, 0]
     cm = confusion_matrix(pred, target, len(classes))
-    true_p = lambda p: p.double().gather(1, target[:, None]).clamp(min=1e-12)  # noqa: E731
+    nll = lambda logp: float(-logp.double().gather(1, target[:, None]).mean())  # noqa: E731
     return {
         "top1": float((pred == target).double().mean()),
         "top5": float((topk == target[:, None]).any(1).double().mean()),
         **class_balanced_scores(cm),
-        "loss": loss if loss is not None else float(-true_p(uncalibrated).log().mean()),
-        "nll": float(-true_p(probs).log().mean()),
+        "loss": nll(uncalibrated),
+        "nll": nll(log_probs),
         "n": n,
         "per_class": per_class_scores(cm, classes),
         "confusion_matrix": cm.tolist(),
-        "ece": expected_calibration_error(probs, target),
-        "ece_uncalibrated": expected_calibration_error(uncalibrated, target),
+        "ece": expected_calibration_error(log_probs.exp(), target),
+        "ece_uncalibrated": expected_calibration_error(uncalibrated.exp(), target),
         "temperature": temperature,
     }

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import yaml
 
+from transferkit.models.fewshot import is_fewshot
+from transferkit.models.usercode import HUB_PREFIX, RUN_PREFIX, TRUST_FLAG, is_user_spec, names_code
+from transferkit.runs.calibration import FOLDS, describe
+
 # Built-in data sets and their repositories on the Hub (digits ships with scikit-learn only).
 HUB_DATASETS = {"fashion-mnist": "zalando-datasets/fashion_mnist", "cifar10": "uoft-cs/cifar10"}
 MAX_LISTED = 100  # classes listed in full up to this many; the rest are in config.json and run.json
@@ -53,6 +57,10 @@ def _scores(run: dict, per_class: dict | None) -> list[str]:
              f"with the weights of epoch {run.get('best_epoch')} (best validation accuracy):", "",
              "| top-1 accuracy | top-5 accuracy | loss | calibration error (ECE) |", "|---|---|---|---|",
              f"| {m.get('top1', 0):.4f} | {m.get('top5', 0):.4f} | {m.get('loss', 0):.4f} | {m.get('ece', 0):.4f} |", ""]
+    if (run.get("calibration") or {}).get("scored") == "cross-fitted":
+        lines += [f"The temperature was fitted on this same split, so the calibration error is cross-fitted: each "
+                  f"image's probabilities come from a temperature fitted on the other {FOLDS - 1}/{FOLDS} of the split, "
+                  "never from one fitted on the image itself.", ""]
     if per_class and len(per_class) <= MAX_LISTED:
         lines += ["| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
         lines += [f"| {c} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
@@ -61,18 +69,22 @@ def _scores(run: dict, per_class: dict | None) -> list[str]:
     return lines
 
 
-def _classes(classes: list[str]) -> list[str]:
+def _classes(classes: list[str], untrained: list[str], head: str) -> list[str]:
     shown = ", ".join(f"{i}: `{c}`" for i, c in enumerate(classes[:MAX_LISTED]))
     more = f", ... ({len(classes) - MAX_LISTED} more: `label_names` in config.json)" if len(classes) > MAX_LISTED else ""
-    return ["## Classes", "", f"{len(classes)} classes, by output index: {shown}{more}.", ""]
+    lines = ["## Classes", "", f"{len(classes)} classes, by output index: {shown}{more}.", ""]
+    if untrained:
+        fate = "are never predicted" if is_fewshot(head) else "were never learnt"
+        lines += [f"{len(untrained)} of them had no training images and {fate}: "
+                  f"{', '.join(f'`{c}`' for c in untrained[:MAX_LISTED])}.", ""]
+    return lines
 
 
 def _training(run: dict, t: float | None) -> list[str]:
     cfg, bb, pre = run["config"], run["backbone"], run["preprocess"]
     data = ", ".join(f"{k} {v}" for k, v in run.get("data", {}).items() if k != "spec")
-    calibration = (f"Probabilities are calibrated: one temperature, **T = {t!r}**, fitted on the validation split; "
-                   "probabilities are `softmax(logits / T)` (the top class is the same either way)."
-                   if t is not None else "Probabilities are `softmax(logits)` (no calibration temperature stored).")
+    said = describe(run.get("calibration"))
+    calibration = said[0].upper() + said[1:] + (" (the top class is the same either way)." if t is not None else ".")
     return ["## How it was trained", "",
             f"- Backbone: `{run['model']['name']}` ({bb.get('source')}), starting weights `{bb.get('weights')}` "
             f"from {bb.get('weights_source')} (sha256 `{bb.get('weights_sha256') or '-'}`).",
@@ -96,13 +108,38 @@ def _torch_transform(pre: dict) -> str:
             f"{list(pre['std'])})])")
 
 
+def _code(run: dict) -> tuple[bool, list[str]]:
+    """Whether loading the run runs code of its own, and which (as the card names it)."""
+    model = run["model"]
+    specs = [model["name"], model["head"], model.get("plugin")]
+    shown = [str(spec).removeprefix(RUN_PREFIX).rpartition(":")[0] or str(spec).removeprefix(RUN_PREFIX)
+             for spec in specs[:2] if is_user_spec(spec)]
+    shown += [model["plugin"].removeprefix(RUN_PREFIX)] if model.get("plugin") else []
+    shown += [model["name"]] if str(model["name"]).startswith(HUB_PREFIX) else []
+    return names_code(*specs), shown
+
+
+def _trust(run: dict) -> list[str]:
+    runs_code, shown = _code(run)
+    if not runs_code:
+        return ["This run holds no code of its own: transferkit loads it without running anything from this folder. "
+                f"(A run folder that does name code, such as `code/*.py`, is refused unless you pass `{TRUST_FLAG}`, "
+                "`trust_code=True` in Python, after reading that code.)", ""]
+    return [f"Loading this run runs Python code it names: {', '.join(f'`{c}`' for c in shown)}. transferkit runs a "
+            f"run folder's code only when you pass `{TRUST_FLAG}` (`trust_code=True` in Python): read it before you "
+            "do, as you would any code you download.", ""]
+
+
 def _usage(run: dict, found, t: float | None) -> list[str]:
     n, pre = len(run["classes"]), run["preprocess"]
     logits = f"(model(x) / {t!r})" if t is not None else "model(x)"
-    lines = ["## How to use it", "", "`RUN_DIR` is this folder; after `hf upload user/name RUN_DIR`, timm and transformers "
-             "also take `hf-hub:user/name` and `user/name`.", "", "**transferkit**", "", "```bash",
-             "transferkit predict RUN_DIR photo.jpg --topk 3", "transferkit serve RUN_DIR", "```", "",
-             "```python", "import transferkit as tk", 'tk.predict("RUN_DIR", ["photo.jpg"], topk=3)', "```", ""]
+    runs_code = _code(run)[0]
+    flag, kwarg = (f" {TRUST_FLAG}", ", trust_code=True") if runs_code else ("", "")
+    lines = ["## How to use it", "", "`RUN_DIR` is this folder; once it is uploaded to the Hub as `user/name` (see Files), "
+             "timm and transformers also take `hf-hub:user/name` and `user/name`.", "", "**transferkit**", "", "```bash",
+             f"transferkit predict RUN_DIR photo.jpg --topk 3{flag}", f"transferkit serve RUN_DIR{flag}", "```", "",
+             "```python", "import transferkit as tk", f'tk.predict("RUN_DIR", ["photo.jpg"], topk=3{kwarg})', "```", "",
+             *_trust(run)]
     if found.timm:
         lines += ["**timm**", "", "```python", "import timm, torch", "from PIL import Image", "",
                   'model = timm.create_model("local-dir:RUN_DIR", pretrained=True).eval()',
@@ -154,17 +191,42 @@ def _limitations(run: dict, t: float | None) -> list[str]:
             "starting weights and of the training data.", ""]
 
 
+# What the rest of a run folder would publish: left out of the upload set unless added on purpose.
+PRIVATE = ("`report.html` (thumbnails of your images: the worst errors among them), `eval/` (per-image probabilities "
+           "and labels of your data, and where it lives), `local.json` (this machine's paths: the data, run and cache "
+           "folders), `metrics.csv` and `confusion_matrix.json` (scores per epoch and per class), `checkpoints/` "
+           "(the training state, to resume; large)")
+
+
+def upload_set(run: dict) -> list[str]:
+    """The files the card's upload publishes: what loading the model needs, nothing of the user's data or machine."""
+    model = run["model"]
+    stored = any(str(spec).startswith(RUN_PREFIX) for spec in (model["name"], model["head"], model.get("plugin")))
+    return ["model.safetensors", "config.json", "README.md", "run.json", *(["code/*.py"] if stored else [])]
+
+
+def _files(run: dict, found) -> list[str]:
+    code = "code/*.py" in upload_set(run)
+    patterns = ", ".join(f'"{p}"' for p in upload_set(run))
+    return ["## Files", "",
+            "`model.safetensors` (weights; its metadata names the architecture, classes, preprocessing and "
+            "temperature), " + ("`config.json` (timm's format), " if found.timm else "") +
+            "`run.json` (every setting, the classes, the scores; no path of the machine it was trained on), " +
+            ("`code/` (the code it runs, see above), " if code else "") + "and this card. To publish the model, "
+            "upload those and nothing else:", "",
+            "```python", "from huggingface_hub import HfApi", "", "api = HfApi()",
+            'api.create_repo("user/name", exist_ok=True)',
+            f'api.upload_folder(repo_id="user/name", folder_path="RUN_DIR", allow_patterns=[{patterns}])', "```", "",
+            f"The rest of the folder stays on this machine unless you add it to `allow_patterns` on purpose: {PRIVATE}.", ""]
+
+
 def model_card(run: dict, name: str, found, t: float | None, per_class: dict | None) -> str:
     """The README.md text of a run; ``found``: the libraries checked to load its weights (hubfolder.Loaders)."""
     head = yaml.safe_dump(front_matter(run, name, found), sort_keys=False, allow_unicode=True)
     intro = (f"`{run['model']['name']}` fine-tuned with transferkit to "
              f"tell {len(run['classes'])} classes apart, trained on `{run['config']['data']}`.")
-    files = ["## Files", "",
-             "`model.safetensors` (weights; its metadata names the architecture, classes, preprocessing and "
-             "temperature), " + ("`config.json` (timm's format), " if found.timm else "") +
-             "`run.json` (every setting, the classes, the scores), `report.html` (curves, confusion matrix, "
-             "worst errors), `checkpoints/` (to resume training; leave them out of an upload with "
-             "`hf upload user/name RUN_DIR --exclude \"checkpoints/*\"`).", ""]
-    body = [f"# {name}", "", intro, "", *_scores(run, per_class), *_classes(run["classes"]), *_training(run, t),
-            *_usage(run, found, t), *_limitations(run, t), *files]
+    files = _files(run, found)
+    untrained = run.get("classes_without_training_images") or []
+    body = [f"# {name}", "", intro, "", *_scores(run, per_class), *_classes(run["classes"], untrained, run["model"]["head"]),
+            *_training(run, t), *_usage(run, found, t), *_limitations(run, t), *files]
     return f"---\n{head}---\n\n" + "\n".join(body)

@@ -25,7 +25,7 @@ from transferkit.data.imagecache import load_item
 from transferkit.data.images import DEFAULT_MAX_PIXELS, BadImage
 from transferkit.data.specs import load_data
 from transferkit.runs import plots, shift
-from transferkit.runs.calibration import run_temperature
+from transferkit.runs.calibration import FOLDS, describe
 from transferkit.runs.history import read_history
 from transferkit.runs.metrics import (
     class_balanced_scores,
@@ -75,10 +75,10 @@ def load_outputs(path: Path) -> dict | None:
         return None
     with np.load(path, allow_pickle=False) as data:
         # Outputs written before calibration hold one set of probabilities (temperature 1).
-        raw = data["probs_uncalibrated"] if "probs_uncalibrated" in data.files else None
+        optional = {key: data[key].astype(np.float32) if key in data.files else None
+                    for key in ("probs_uncalibrated", "probs_held_out")}
         return {"probs": data["probs"].astype(np.float32), "labels": data["labels"], "index": data["index"],
-                "split": str(data["split"]), "data": str(data["data"]),
-                "probs_uncalibrated": raw.astype(np.float32) if raw is not None else None}
+                "split": str(data["split"]), "data": str(data["data"]), **optional}
 
 
 def thumbnail(array: np.ndarray) -> bytes:
@@ -129,8 +129,11 @@ def _summary(outputs: dict, classes: list[str]) -> dict:
     cm = confusion_matrix(pred, labels, len(classes))
     summary = {"n": len(labels), "top1": float((pred == labels).double().mean()),
                "top5": float((probs.topk(k, 1).indices == labels[:, None]).any(1).double().mean()),
-               **class_balanced_scores(cm), "cm": cm.numpy(), "per_class": per_class_scores(cm, classes),
-               "bins": reliability_bins(probs, labels, BINS), "ece": expected_calibration_error(probs, labels, BINS)}
+               **class_balanced_scores(cm), "cm": cm.numpy(), "per_class": per_class_scores(cm, classes)}
+    # Calibration is judged held out: on the split the temperature was fitted on, the cross-fitted probabilities.
+    judged = torch.from_numpy(outputs["probs_held_out"]) if outputs.get("probs_held_out") is not None else probs
+    summary.update(bins=reliability_bins(judged, labels, BINS), ece=expected_calibration_error(judged, labels, BINS),
+                   cross_fitted=outputs.get("probs_held_out") is not None)
     if outputs.get("probs_uncalibrated") is not None:
         raw = torch.from_numpy(outputs["probs_uncalibrated"])
         summary.update(bins_uncalibrated=reliability_bins(raw, labels, BINS),
@@ -199,9 +202,7 @@ def _settings(run: dict, lr_find: dict | None) -> str:
         ("head", run.get("model", {}).get("head")),
         ("recipe", _recipe(run)),
         ("training images", _sampling(cfg)),
-        ("calibration", f"temperature {run_temperature(run):.3f}" + (
-            f" (fitted on {(run.get('calibration') or {}).get('split')})" if (run.get("calibration") or {}).get("split")
-            else " (none fitted)")),
+        ("calibration", describe(run.get("calibration"))),
         ("data", ", ".join(f"{k}: {v}" for k, v in run.get("data", {}).items())),
         ("preprocessing", ", ".join(f"{k} {v}" for k, v in run.get("preprocess", {}).items())),
         ("training", f"{cfg.get('epochs')} epochs, lr {lr}, {cfg.get('optimizer')}, batch {cfg.get('batch_size')}, "
@@ -218,11 +219,12 @@ def _settings(run: dict, lr_find: dict | None) -> str:
 
 def _calibration(run: dict, summary: dict) -> str:
     """Both reliability diagrams: the network's own probabilities and those after the temperature."""
-    temperature = run_temperature(run)
-    fitted = (run.get("calibration") or {}).get("split")
-    how = (f"Probabilities are softmax(logits / {temperature:.3f}), the temperature fitted on the {fitted} split "
-           "(temperature scaling: the ranking of the classes, and so every prediction, is unchanged)."
-           if fitted else "No temperature was fitted for this run (probabilities are the plain softmax).")
+    how = describe(run.get("calibration"))
+    how = how[0].upper() + how[1:] + " (a temperature never changes the ranking of the classes, or any prediction)."
+    if summary.get("cross_fitted"):
+        how += (f" The temperature was fitted on this same split: the calibrated curve and its error give each "
+                f"image the probabilities of a temperature fitted on the other {FOLDS - 1}/{FOLDS} of the split "
+                "(cross-fitting), never judging it on the images it was fitted on.")
     text = (f"<h2>Calibration</h2><p class=sub>How far the predicted probabilities are from the observed accuracy: "
             f"expected calibration error {summary['ece']:.3f} over {BINS} bins. {_e(how)}</p>")
     curves = [("calibrated", summary["bins"], summary["ece"])]

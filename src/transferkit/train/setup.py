@@ -75,6 +75,20 @@ def limit_training_images(splits: DataSplits, cfg: TrainConfig) -> DataSplits:
     return splits
 
 
+def classes_without_images(splits: DataSplits) -> list[str]:
+    """The classes the training split has no image of (after --train-limit/--shots): names a
+    ``ClassLabel`` lists but no row uses, a rare class a limit dropped, a class only val/test have."""
+    counts = np.bincount(splits.train.labels.numpy(), minlength=len(splits.classes))
+    return [name for name, count in zip(splits.classes, counts) if count == 0]
+
+
+def without_images_note(missing: list[str], head: str) -> str:
+    shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    what = (f"--head {head} never predicts them (their logit is set below every other class's)" if is_fewshot(head)
+            else "the head can only learn never to predict them")
+    return f"note: {len(missing)} class(es) have no training images: {shown}; {what}"
+
+
 def check_recipe(cfg: TrainConfig) -> None:
     """Settings that only make sense together (and the augmentation grammar, before anything loads)."""
     spec, frofa = parse_augment(cfg.augment), parse_feature_augment(cfg.feature_augment, cfg.seed)

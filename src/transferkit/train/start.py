@@ -24,13 +24,14 @@ from transferkit.engine.optim import autocast_for
 from transferkit.models.family import BackboneInfo
 from transferkit.models.plugins import copy_plugin_into_run
 from transferkit.models.transfer import TransferModel, create_model, rebuild_model
-from transferkit.models.usercode import copy_into_run, is_user_spec, resolve_run_code
+from transferkit.models.usercode import copy_into_run, is_user_spec, resolve_run_code, trusting_code
 from transferkit.models.weights import load_exactly
 from transferkit.runs.tblog import open_log
 from transferkit.runtimes.choose import engine_device
 from transferkit.train.setup import (
     Prepared,
     check_recipe,
+    classes_without_images,
     global_batch,
     limit_training_images,
     on_device,
@@ -39,6 +40,7 @@ from transferkit.train.setup import (
     run_dir_path,
     seed_everything,
     training_path,
+    without_images_note,
 )
 
 
@@ -75,8 +77,12 @@ def start(cfg: TrainConfig, splits: DataSplits | None = None) -> Start:
     run_dir = run_dir_path(cfg)
     made = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # deepest first
     prepare_run_dir(cfg, run_dir)
+    # A torchrun restart continues this same command's unfinished run (restarted_state checks that its
+    # checkpoint holds exactly these settings): the code in it is what this command named and copied.
+    trusted = trusting_code(True) if resume_state else contextlib.nullcontext()
     try:
-        return _start(cfg, splits, run_dir, resume_state)
+        with trusted:
+            return _start(cfg, splits, run_dir, resume_state)
     except BaseException:
         # A run that stops before writing anything (a mistake in the data or the model, say)
         # leaves no empty folders behind; os.rmdir removes only empty ones.
@@ -103,6 +109,8 @@ def _start(cfg: TrainConfig, splits: DataSplits | None, run_dir: Path, resume_st
                                    load_data(cfg.data, cfg.seed, cfg.allow_outside_paths), cfg)
     if note := ignored_note(splits):
         log(note)
+    if missing := classes_without_images(splits):
+        log(without_images_note(missing, cfg.head))
     tm, specs = _model(cfg, splits, run_dir, resume_state)
     sets = {n: s for n, s in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if s is not None}
     autocast = autocast_for(precision)

@@ -30,6 +30,7 @@ from transferkit.engine.loop import NonFiniteLoss, StepState, balanced_class_wei
 from transferkit.engine.optim import make_optimizer, warmup_cosine
 from transferkit.models.fewshot import is_fewshot
 from transferkit.models.freeze import param_groups, train_mode
+from transferkit.models.usercode import TRUST_FLAG, names_code
 from transferkit.runs.history import write_history
 from transferkit.runs.metrics import score
 from transferkit.train.finish import finish_run
@@ -61,8 +62,10 @@ class TimeLimit:
 
 
 class Interrupted(Exception):
-    def __init__(self, run_dir: Path):
-        super().__init__(f"interrupted; checkpoint saved. Resume with: transferkit train --out {run_dir} --resume")
+    def __init__(self, run_dir: Path, specs: dict):
+        # A run that names code (its model, head or plugin file) resumes only with --trust-code.
+        trust = f" {TRUST_FLAG}" if names_code(specs["model"], specs["head"], specs["plugin"]) else ""
+        super().__init__(f"interrupted; checkpoint saved. Resume with: transferkit train --out {run_dir} --resume{trust}")
 
 
 @dataclass
@@ -129,7 +132,7 @@ class Training:
         if self.agreed_stop:  # never the raw signal flag: it may differ between processes right now
             self.save_last()
             dist.barrier()  # the others exit once rank 0's checkpoint is in place
-            raise Interrupted(self.run_dir)
+            raise Interrupted(self.run_dir, self.start.specs)
         if self.cfg.checkpoint_every and current.global_step % self.cfg.checkpoint_every == 0:
             self.save_last()
 
@@ -171,7 +174,7 @@ class Training:
                 ckpt.save_best(self.run_dir, self.start.tm.net.state_dict(), self.best["epoch"])
             write_history(self.run_dir, self.history)
         if dist.any_true(self.signalled):  # a signal during validation reached some processes only
-            raise Interrupted(self.run_dir)
+            raise Interrupted(self.run_dir, self.start.specs)
 
     def next_epoch(self) -> None:
         self.state.epoch, self.state.batch, self.state.sums = self.state.epoch + 1, 0, {"loss": 0.0, "correct": 0, "n": 0}

@@ -17,7 +17,7 @@ from torch import nn
 from transferkit.core.errors import UserError
 from transferkit.models.family import IMAGENET, IMAGENET_MEAN, IMAGENET_STD, Family
 from transferkit.models.layout import Layout, last_linear
-from transferkit.models.usercode import build_user_model, is_user_spec
+from transferkit.models.usercode import HUB_PREFIX, build_user_model, is_user_spec
 from transferkit.models.weights import OFFLINE_HINT, tensors_sha256
 
 # name -> (factory(num_classes=...) -> nn.Module, preprocessing given to register_backbone or None)
@@ -125,7 +125,7 @@ class Hub(Named):
     builds_for_classes = False
 
     def builds(self, name: str) -> bool:
-        return name.startswith("hub:")
+        return name.startswith(HUB_PREFIX)
 
     def build(self, name: str, num_classes: int, variant: str = ""):
         return self._load(name, pretrained=False), dict(IMAGENET)
@@ -136,7 +136,7 @@ class Hub(Named):
 
     def _load(self, name: str, pretrained: bool) -> nn.Module:
         try:
-            repo, entry = name[len("hub:"):].rsplit(":", 1)
+            repo, entry = name[len(HUB_PREFIX):].rsplit(":", 1)
         except ValueError:
             raise UserError(f"hub model '{name}' must look like hub:owner/repo:entry") from None
         try:
