@@ -24,6 +24,7 @@ from transferkit.audit.neighbors import nearest, normalise
 from transferkit.audit.outliers import find_outliers
 from transferkit.cli import main
 from transferkit.data.specs import load_data
+from transferkit.runs.rundir import read_run
 from transferkit.train.exclude import exclude_images
 
 AUDIT = ["--model", "efficientnet_lite0", "--image-size", "64", "--quiet", "--threshold", "0.8"]
@@ -277,7 +278,7 @@ def test_a_run_directory_is_audited_with_its_own_data_and_backbone(tiny_run, tmp
     # Random-init features: whether images look alike is noise here, the exit status with it.
     assert main(["data", "audit", str(tiny_run), "--out", str(tmp_path / "a"), "--format", "json", "--quiet"]) in (0, 1)
     found = json.loads(capsys.readouterr().out)
-    run = json.loads((tiny_run / "run.json").read_text())
+    run = read_run(tiny_run)  # run.json with this machine's paths (local.json) laid over it
     assert found["model"] == "resnet18" and found["data"] == run["config"]["data"]
     assert found["images"] == sum(v for k, v in run["data"].items() if k != "spec")
     assert main(["data", "audit", str(tiny_run), "--out", str(tmp_path / "b"), "--threshold", "2"]) == 2

@@ -40,7 +40,7 @@ def test_too_little_free_space_is_said_before_decoding(tmp_path, monkeypatch, ca
     assert main(["train", "--data", str(images), "--out", str(tmp_path / "run"), "--cache-dir", str(cache),
                  *TINY_TRAIN]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "not enough disk space for the decoded-image cache: it needs 30,720 bytes" in err  # 10 x 3 x 32 x 32
+    assert "not enough disk space for the decoded-image cache: it needs 30,880 bytes" in err  # 10 x (3 x 32 x 32 + a 16-byte pixel digest)
     assert f"in {cache / 'images'}, and 20,000 bytes are free there" in err
     assert "--cache-dir" in err and "XDG_CACHE_HOME" in err
     assert not decoded and not entries(cache)
@@ -55,7 +55,7 @@ def test_the_feature_cache_checks_its_size_too(tmp_path, monkeypatch, capsys):
     def after_the_images(*args, **kwargs):  # decoded images fit; then the disk has 1 kB left
         free["bytes"] = 1000
         return original(*args, **kwargs)
-    monkeypatch.setattr("transferkit.train.paths.build_features", after_the_images)
+    monkeypatch.setattr("transferkit.train.features.build_features", after_the_images)
     cache = tmp_path / "cache"
     assert main(["train", "--data", str(images), "--out", str(tmp_path / "run"), "--cache-dir", str(cache),
                  *TINY_TRAIN]) == 2
@@ -75,7 +75,7 @@ def test_a_disk_that_fills_up_while_decoding_is_one_line_and_no_entry(tmp_path, 
         decode_splits({"train": splits.train}, 32, cache=DataCache(cache))
     line = str(error.value)
     assert "\n" not in line and "the disk filled up while the decoded-image cache was being written" in line
-    assert "No space left on device; it needs 98,304 bytes" in line and "--cache-dir" in line  # 32 x 3 x 32 x 32
+    assert "No space left on device; it needs 98,816 bytes" in line and "--cache-dir" in line  # 32 x (3 x 32 x 32 + 16)
     assert not entries(cache)
 
 
