@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 KNN_KS = (1, 5, 10, 20)
-LINEAR_CS = (0.01, 0.1, 1.0, 10.0)   # inverse L2 penalty of the logistic regression, on standardised features
+LINEAR_CS = (0.01, 0.1, 1.0)   # inverse L2 penalty of the logistic regression, on standardised features
 FOLDS = 5
 
 
@@ -127,7 +127,7 @@ def _linear_correct(train_x, train_y, test_x, test_y, cs) -> dict:
     bias = torch.zeros(classes, requires_grad=True)
     out = {}
     for c in sorted(cs):
-        opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=100, tolerance_grad=1e-5, history_size=20,
+        opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=60, tolerance_grad=1e-5, history_size=20,
                                 line_search_fn="strong_wolfe")
 
         def closure():
