@@ -50,7 +50,10 @@ from transferkit.train.trainer import train  # noqa: E402
 MODEL = {"model": "efficientnet_lite0", "weights": "imagenet", "batch_size": "64", "quiet": True}
 DATA = ["fashion-mnist", "animal-shapes", "mnist-5k", "digits"]
 AUGMENTS = {"none": {"augment": "none"}, "flip": {"augment": "flip"}, "light": {"augment": "light"},
-            "strong": {"augment": "strong"}, "light+mixup": {"augment": "light", "mixup": 0.2}}
+            "strong": {"augment": "strong"}, "light+mixup": {"augment": "light", "mixup": 0.2},
+            # beyond the five: photometric only (no crop), what the corruptions resemble most
+            "trivial": {"augment": "trivial"}, "flip+trivial": {"augment": "flip,trivial"}}
+TABLE_AUGMENTS = ("none", "flip", "light", "strong", "light+mixup")  # the default rows
 # path name -> settings; "head:V" is --freeze backbone with V views, "f7:V" --freeze 7 (the demo's cut,
 # trained at the demo's lr), "f7:fresh" --freeze 7 through the plain loop (new draws every epoch).
 PATHS = ["head:1", "head:4", "head:8", "f7:4", "f7:fresh"]
@@ -221,7 +224,7 @@ def main() -> None:
                         help="test images (a stratified sample, the same for every run) of the corrupted column (default 500)")
     parser.add_argument("--train-limit", type=int, default=10000, help="Fashion-MNIST training images (default 10000)")
     parser.add_argument("--data", default=",".join(DATA))
-    parser.add_argument("--augments", default=",".join(AUGMENTS))
+    parser.add_argument("--augments", default=",".join(TABLE_AUGMENTS), help="among " + ", ".join(AUGMENTS))
     parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--work", help="folder for run directories and the feature cache (default: a new temporary one)")
     parser.add_argument("--json", help="also write the raw rows to this file")

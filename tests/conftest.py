@@ -175,6 +175,28 @@ trainer.Training.save_last = save_last
 '''
 
 
+class Killed(BaseException):
+    """Ends the process's work like a kill: nothing of transferkit's catches it."""
+
+
+def killed_after_first_checkpoint(monkeypatch, command: list[str]) -> None:
+    """Run ``transferkit COMMAND`` in this process and stop it right after its first checkpoint
+    (``last.pt``) is written, as a kill there would: what ``--resume`` must continue from."""
+    from transferkit.cli import main
+    from transferkit.train import trainer
+
+    save_last = trainer.Training.save_last
+
+    def killed_after_saving(self):
+        save_last(self)
+        raise Killed
+
+    monkeypatch.setattr(trainer.Training, "save_last", killed_after_saving)
+    with pytest.raises(Killed):
+        main(command)
+    monkeypatch.setattr(trainer.Training, "save_last", save_last)
+
+
 def pause_plugin(tmp_path: Path, at_save: int = 1) -> tuple[list[str], dict, Path]:
     """``(["--plugin", FILE], env, marker)``: training pauses after its ``at_save``-th checkpoint."""
     plugin, marker = tmp_path / "pause_after_checkpoint.py", tmp_path / "paused.marker"

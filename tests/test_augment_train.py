@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import killed_after_first_checkpoint, make_image_folder
 
 from transferkit.cli import main
 from transferkit.core.config import TrainConfig
@@ -19,10 +19,6 @@ BASE = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--epo
         "--quiet", "--seed", "3"]
 # the flag that turns the feature cache off, whatever this version calls it
 NO_CACHE = "--no-cache" if "cache" in TrainConfig.__dataclass_fields__ else "--no-feature-cache"
-
-
-class _Killed(BaseException):
-    """Ends the process's work like a kill: nothing of transferkit's catches it."""
 
 
 def train(capsys, data, out, *extra) -> str:
@@ -86,20 +82,10 @@ def test_augmented_views_through_the_cache_train_as_the_plain_loop(image_folder,
      "--feature-augment", "brightness"],
 ], ids=["plain-fresh-draws", "cached-views"])
 def test_a_resumed_run_redraws_the_same_augmentation(image_folder, tmp_path, capsys, monkeypatch, flags):
-    from transferkit.train import trainer
 
     args = [*flags, "--checkpoint-every", "2", "--cache-dir", str(tmp_path / "c")]
     train(capsys, image_folder, tmp_path / "whole", *args)
-    save_last = trainer.Training.save_last
-
-    def killed_after_saving(self):
-        save_last(self)
-        raise _Killed
-
-    monkeypatch.setattr(trainer.Training, "save_last", killed_after_saving)
-    with pytest.raises(_Killed):
-        main(["train", "--data", str(image_folder), "--out", str(tmp_path / "cut"), *BASE, *args])
-    monkeypatch.setattr(trainer.Training, "save_last", save_last)
+    killed_after_first_checkpoint(monkeypatch, ["train", "--data", str(image_folder), "--out", str(tmp_path / "cut"), *BASE, *args])
     state = load_torch_file(tmp_path / "cut" / "checkpoints" / "last.pt")["state"]
     assert (state["epoch"], state["batch"]) == (0, 2)  # stopped inside the first epoch
     assert main(["train", "--out", str(tmp_path / "cut"), "--resume", "--quiet"]) == 0

@@ -143,3 +143,13 @@ def test_a_budget_too_small_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "too small for any recipe" in err and "give --budget" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_pilot_goes_to_the_best_candidate_whose_fine_tune_can_still_fit():
+    from transferkit.plan.budget import pilot_candidate
+
+    slow = ranked("large", 224, 0.90, 0.85, engine=50, back=40)      # its fine-tune cannot fit in 10 minutes
+    fast = ranked("small", 96, 0.86, 0.80, engine=1500, back=800)
+    assert pilot_candidate([slow, fast], 1800, SIZES, FIXED, True, spent=60, budget=600) == (fast, 6)
+    assert "more than the budget leaves" in pilot_candidate([slow], 1800, SIZES, FIXED, True, spent=60, budget=600)
+    assert pilot_candidate([slow, fast], 1800, SIZES, FIXED, True, spent=60, budget=10_000)[0] is slow

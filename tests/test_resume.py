@@ -10,17 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN, make_image_folder
+from conftest import TINY_TRAIN, killed_after_first_checkpoint, make_image_folder
 
 from transferkit.cli import main
 from transferkit.core.config import TrainConfig
 from transferkit.core.safeio import load_torch_file
 
 CACHED = ["--image-size", "32", "--batch-size", "4", "--epochs", "2", "--seed", "1", "--quiet"]
-
-
-class _Killed(BaseException):
-    """Ends the process's work like a kill: nothing of transferkit's catches it."""
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +52,6 @@ def largest_difference(a: Path, b: Path) -> float:
                          ids=["resnet18-file-backbone", "resnet18-file-freeze3", "lite0-imagenet-freeze7"])
 def test_resume_with_the_cache_deleted_matches_the_uninterrupted_run(data, weights_file, tmp_path, capsys, monkeypatch,
                                                                      model, freeze):
-    from transferkit.train import trainer
 
     args = (["--model", "resnet18", "--weights", str(weights_file)] if model == "file"
             else ["--model", model, "--weights", "imagenet"]) + ["--freeze", freeze, *CACHED]
@@ -64,16 +59,7 @@ def test_resume_with_the_cache_deleted_matches_the_uninterrupted_run(data, weigh
     assert main(["train", "--data", str(data), "--out", str(whole), "--cache-dir", str(tmp_path / "c1"), *args]) == 0
     assert "feature cache: on" in cache_line(capsys.readouterr().err)
 
-    save_last = trainer.Training.save_last
-
-    def killed_after_saving(self):
-        save_last(self)
-        raise _Killed
-
-    monkeypatch.setattr(trainer.Training, "save_last", killed_after_saving)
-    with pytest.raises(_Killed):
-        main(["train", "--data", str(data), "--out", str(cut), "--cache-dir", str(tmp_path / "c2"), *args])
-    monkeypatch.setattr(trainer.Training, "save_last", save_last)
+    killed_after_first_checkpoint(monkeypatch, ["train", "--data", str(data), "--out", str(cut), "--cache-dir", str(tmp_path / "c2"), *args])
     assert load_torch_file(cut / "checkpoints" / "last.pt")["state"]["epoch"] == 1
     shutil.rmtree(tmp_path / "c2")
     capsys.readouterr()

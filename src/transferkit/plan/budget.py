@@ -4,9 +4,10 @@ The clock starts when the command does. A stated share of the budget goes to mea
 
 1. **rank** (at most ``RANK_SHARE`` of the budget): every candidate backbone x size scored on a
    stratified sample (rank.py), cheapest first, those that would not fit skipped;
-2. **pilot** (at most ``PILOT_SHARE``): the best candidate's last block fine-tuned on the same
-   sample for a few epochs, next to its linear head trained the same way: their difference is the
-   gain the planner expects from fine-tuning (planner.py). It runs only if it is predicted to fit.
+2. **pilot** (at most ``PILOT_SHARE``): the last block of the best-ranked candidate whose fine-tune
+   could still fit in the budget, fine-tuned on the same sample for a few epochs next to its linear
+   head trained the same way: their difference is the gain the planner expects from fine-tuning
+   (planner.py). It runs only if it is predicted to fit.
 
 The planner then picks the recipe with the highest expected accuracy that fits in what is left,
 and ``train`` runs it with a deadline (no epoch starts that would end past the budget, minus the
@@ -28,7 +29,7 @@ from transferkit.core.errors import UserError
 from transferkit.core.progress import log
 from transferkit.data.specs import DataSplits, load_data
 from transferkit.plan import costs
-from transferkit.plan.planner import Sizes, choose, format_seconds
+from transferkit.plan.planner import MIN_EPOCHS, SAFETY, Sizes, choose, format_seconds
 from transferkit.plan.rank import DEFAULT_SIZES, candidates_for, offline_models, rank, sample_splits
 from transferkit.plan.shift import CORRUPTIONS, SEVERITY
 from transferkit.runs.shift import corruption_eval
@@ -79,6 +80,29 @@ def _pilot(cfg: TrainConfig, sampled: DataSplits, row, cut: int, flip: bool, scr
     return gains, time.monotonic() - began
 
 
+def pilot_candidate(rows, n: int, sizes: Sizes, fixed: costs.Fixed, flip: bool, spent: float, budget: float):
+    """``(row, cut)`` to pilot: the best-ranked candidate whose pilot fits in the measuring share and
+    whose fine-tune (``MIN_EPOCHS`` on all the data) would still fit after it; or why there is none."""
+    views = 2 if flip else 1
+    why = None
+    for row in rows:
+        if not row.train_rates:
+            continue
+        cut = max(row.train_rates)
+        pilot = 2 * fixed.start + 2 * n / row.engine_rate + PILOT_EPOCHS * n * views / row.train_rates[cut]
+        full = costs.partial_seconds(sizes.all, sizes.train, sizes.val, MIN_EPOCHS, row.engine_rate,
+                                     row.train_rates[cut], views, fixed)
+        if spent + pilot > budget * (RANK_SHARE + PILOT_SHARE):
+            why = why or f"no pilot: {row.model}@{row.size}'s would take {pilot:.0f} s, more than the measuring share left"
+            continue
+        if spent + pilot + full * SAFETY > budget:
+            why = why or (f"no pilot: a fine-tune of {row.model}@{row.size} ({MIN_EPOCHS} epochs) would need "
+                          f"{full:.0f} s, more than the budget leaves")
+            continue
+        return row, cut
+    return why
+
+
 def plan_and_train(cfg: TrainConfig, budget: float, models: list[str] | None = None, sizes: list[int] | None = None,
                    splits: DataSplits | None = None, clock: Callable[[], float] = time.monotonic,
                    robust: float = 0.0) -> dict:
@@ -94,25 +118,22 @@ def plan_and_train(cfg: TrainConfig, budget: float, models: list[str] | None = N
     sizes_ = Sizes(len(splits.train), len(splits.val) if splits.val is not None else 0,
                    len(splits.test) if splits.test is not None else 0)
     fixed = costs.Fixed()
-    pilots, pilot_note = {}, "no pilot"
-    best = ranked.rows[0]
-    cut = max(best.train_rates, default=None)
-    if cut is not None:
-        sampled, _mode = sample_splits(splits, sample_size(budget), cfg.seed)
-        n = len(sampled.train)
-        predicted = 2 * fixed.start + n * 2 / best.engine_rate + PILOT_EPOCHS * n * (1 + flip) / best.train_rates[cut]
-        if clock() - t0 + predicted <= budget * (RANK_SHARE + PILOT_SHARE):
-            scratch = Path(tempfile.mkdtemp(prefix="transferkit-pilot-"))
-            try:
-                gains, seconds = _pilot(cfg, sampled, best, cut, flip, scratch, robust > 0)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-            pilots[(best.model, best.size, cut)] = gains
-            shifted = f", {gains['robust']:+.2%} under corruptions" if "robust" in gains else ""
-            pilot_note = (f"pilot: {best.model}@{best.size} --freeze {cut} on {n:,} images, {PILOT_EPOCHS} epochs: "
-                          f"{gains['clean']:+.2%} over its linear head{shifted}, {seconds:.0f} s")
-        else:
-            pilot_note = f"no pilot: predicted {predicted:.0f} s, more than the measuring share left"
+    pilots, pilot_note = {}, "no pilot: no candidate can be cut before its last block"
+    sampled, _mode = sample_splits(splits, sample_size(budget), cfg.seed)
+    choice = pilot_candidate(ranked.rows, len(sampled.train), sizes_, fixed, flip, clock() - t0, budget)
+    if isinstance(choice, str):
+        pilot_note = choice
+    elif choice is not None:
+        row, cut = choice
+        scratch = Path(tempfile.mkdtemp(prefix="transferkit-pilot-"))
+        try:
+            gains, seconds = _pilot(cfg, sampled, row, cut, flip, scratch, robust > 0)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        pilots[(row.model, row.size, cut)] = gains
+        shifted = f", {gains['robust']:+.2%} under corruptions" if "robust" in gains else ""
+        pilot_note = (f"pilot: {row.model}@{row.size} --freeze {cut} on {len(sampled.train):,} images, "
+                      f"{PILOT_EPOCHS} epochs: {gains['clean']:+.2%} over its linear head{shifted}, {seconds:.0f} s")
     log(pilot_note)
     spent = clock() - t0
     plan = choose(ranked.rows, sizes_, deadline - clock(), budget, spent, fixed, pilots, flip, robust)

@@ -25,6 +25,7 @@ import hashlib
 import struct
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 from transferkit.core.lazy import LazyModule
@@ -52,9 +53,22 @@ def view_seeds(seed: int, views, index: torch.Tensor) -> list[int]:
     return [row_seed(VIEW, seed, v, i) for v, i in zip(views, index.tolist())]
 
 
+def mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on a uint64 array: neighbouring inputs give unrelated outputs."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
 def view_picks(seed: int, epoch: int, b: int, index: torch.Tensor, count: int) -> torch.Tensor:
-    """Which of ``count`` views each image of training batch ``b`` of ``epoch`` takes."""
-    return torch.tensor([row_seed(PICK, seed, epoch, b, i) % count for i in index.tolist()], dtype=torch.long)
+    """Which of ``count`` views each image of training batch ``b`` of ``epoch`` takes: a hash of
+    (seed, epoch, batch) and the image's index, per image (so independent of how a batch is split
+    between processes), vectorised: a batch's picks cost microseconds, not one hash call per image."""
+    base = np.uint64(row_seed(PICK, seed, epoch, b))
+    with np.errstate(over="ignore"):
+        keys = base + index.numpy().astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return torch.from_numpy((mix64(keys) % np.uint64(count)).astype(np.int64))
 
 
 @contextmanager
