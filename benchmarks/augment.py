@@ -52,7 +52,9 @@ DATA = ["fashion-mnist", "animal-shapes", "mnist-5k", "digits"]
 AUGMENTS = {"none": {"augment": "none"}, "flip": {"augment": "flip"}, "light": {"augment": "light"},
             "strong": {"augment": "strong"}, "light+mixup": {"augment": "light", "mixup": 0.2},
             # beyond the five: photometric only (no crop), what the corruptions resemble most
-            "trivial": {"augment": "trivial"}, "flip+trivial": {"augment": "flip,trivial"}}
+            "trivial": {"augment": "trivial"}, "flip+trivial": {"augment": "flip,trivial"},
+            # feature-space augmentation on the cached features (FroFA's channel-wise brightness)
+            "frofa": {"augment": "none", "feature_augment": "brightness"}}
 TABLE_AUGMENTS = ("none", "flip", "light", "strong", "light+mixup")  # the default rows
 # path name -> settings; "head:V" is --freeze backbone with V views, "f7:V" --freeze 7 (the demo's cut,
 # trained at the demo's lr), "f7:fresh" --freeze 7 through the plain loop (new draws every epoch).

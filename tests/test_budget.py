@@ -150,6 +150,9 @@ def test_the_pilot_goes_to_the_best_candidate_whose_fine_tune_can_still_fit():
 
     slow = ranked("large", 224, 0.90, 0.85, engine=50, back=40)      # its fine-tune cannot fit in 10 minutes
     fast = ranked("small", 96, 0.86, 0.80, engine=1500, back=800)
-    assert pilot_candidate([slow, fast], 1800, SIZES, FIXED, True, spent=60, budget=600) == (fast, 6)
-    assert "more than the budget leaves" in pilot_candidate([slow], 1800, SIZES, FIXED, True, spent=60, budget=600)
+    # 300 pilot images: slow's pilot (~82 s) fits the measuring share, its fine-tune does not fit the rest
+    assert pilot_candidate([slow, fast], 300, SIZES, FIXED, True, spent=60, budget=600) == (fast, 6)
+    assert "more than the budget leaves" in pilot_candidate([slow], 300, SIZES, FIXED, True, spent=60, budget=600)
+    # 1,800 pilot images: slow's pilot itself (~442 s) is more than the measuring share
+    assert "more than the measuring share" in pilot_candidate([slow], 1800, SIZES, FIXED, True, spent=60, budget=600)
     assert pilot_candidate([slow, fast], 1800, SIZES, FIXED, True, spent=60, budget=10_000)[0] is slow
