@@ -64,9 +64,10 @@ class TrainConfig:
                             "batch, labels mixed alike. On the feature cache it mixes the cached features")
     cutmix: float = opt(0.0, "CutMix alpha (0: off; 1.0 is the references' value); with --mixup each batch takes one "
                              "of the two. On the feature cache it cuts boxes of cached feature maps (not of pooled vectors)")
-    feature_augment: str = opt("none", "none | brightness[:STRENGTH] (FroFA's channel-wise brightness on cached "
-                                       "features: a per-image, per-channel offset of STRENGTH x U(-1, 1) x the "
-                                       "features' std; default strength 0.5). Needs the feature cache")
+    feature_augment: str = opt("auto", "auto | none | brightness[:STRENGTH] (FroFA's channel-wise brightness on "
+                                       "cached features: a per-image, per-channel offset of STRENGTH x U(-1, 1) x the "
+                                       "features' std; default strength 0.5). Needs the feature cache. auto: "
+                                       "brightness when stages train on cached features (--freeze N), none otherwise")
     shots: int = opt(0, "few-shot: only K training images per class (chosen by --seed; 0: all)")
     class_weights: str = opt("none", "none | balanced (weight each image's loss by n / (classes x its class's count): "
                                      "rare classes count as much as common ones)", choices=("none", "balanced"))

@@ -154,7 +154,8 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
         features["train"] = FeatureViews(views, lambda index, epoch, b: view_picks(cfg.seed, epoch, b, index, len(views)),
                                          tuple(f"view{v}" for v in range(len(views))), plain=features.get("train"))
     row_shape = tuple(features["train"].shape[1:])
-    mix, frofa = mixing(cfg, tm, row_shape), parse_feature_augment(cfg.feature_augment, cfg.seed)
+    partial = plan.cut < len(tm.layout.stages)  # stages train on the cached features: auto turns brightness on
+    mix, frofa = mixing(cfg, tm, row_shape), parse_feature_augment(cfg.feature_augment, cfg.seed, partial)
     size = sum(f.nbytes for f in features.values())
     frozen_part = "backbone" if plan.cut >= len(tm.layout.stages) else f"first {plan.cut} stages"
     augment = ("random flips from mirrored copies" if aug.spec.mirror_only else
