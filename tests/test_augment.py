@@ -155,7 +155,9 @@ def test_brightness_on_features_is_a_seeded_offset_per_channel():
     assert torch.equal(frofa(x, 0, 0), out) and not torch.equal(frofa(x, 0, 1), out)
     vectors = torch.randn(4, 16)
     assert not torch.equal(frofa(vectors, 0, 0), vectors)
-    assert parse_feature_augment("none", 0) is None
+    assert parse_feature_augment("none", 0) is None and parse_feature_augment("none", 0, partial_cached=True) is None
+    assert parse_feature_augment("auto", 0) is None  # head only, the plain loop
+    assert parse_feature_augment("auto", 1, partial_cached=True) == frofa  # stages trained on cached features
     with pytest.raises(UserError):
         parse_feature_augment("contrast:2", 0)
     with pytest.raises(UserError):

@@ -76,6 +76,19 @@ def test_augmented_views_through_the_cache_train_as_the_plain_loop(image_folder,
     assert (fc["more"] - fc["plain"]).abs().max() > 10 * rounding
 
 
+def test_feature_augmentation_is_on_by_default_only_where_stages_train_on_cached_features(image_folder, tmp_path, capsys):
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    partial = train(capsys, image_folder, tmp_path / "auto", *cache, "--freeze", "3")
+    assert "feature augmentation brightness:0.5" in partial
+    train(capsys, image_folder, tmp_path / "off", *cache, "--freeze", "3", "--feature-augment", "none")
+    train(capsys, image_folder, tmp_path / "explicit", *cache, "--freeze", "3", "--feature-augment", "brightness:0.5")
+    assert largest_difference(tmp_path / "auto", tmp_path / "explicit") == 0.0  # auto is that, exactly
+    assert largest_difference(tmp_path / "auto", tmp_path / "off") > 1e-4
+    head_only = train(capsys, image_folder, tmp_path / "head", *cache)
+    plain = train(capsys, image_folder, tmp_path / "plain", NO_CACHE, "--freeze", "3")  # auto: nothing to perturb
+    assert "feature augmentation" not in head_only and "feature augmentation" not in plain
+
+
 @pytest.mark.parametrize("flags", [
     [NO_CACHE, "--augment", "strong", "--mixup", "0.2", "--cutmix", "1.0"],
     ["--freeze", "4", "--augment", "crop:0.5,jitter", "--views", "3", "--mixup", "0.4", "--cutmix", "1.0",
