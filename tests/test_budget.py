@@ -156,3 +156,26 @@ def test_the_pilot_goes_to_the_best_candidate_whose_fine_tune_can_still_fit():
     # 1,800 pilot images: slow's pilot itself (~442 s) is more than the measuring share
     assert "more than the measuring share" in pilot_candidate([slow], 1800, SIZES, FIXED, True, spent=60, budget=600)
     assert pilot_candidate([slow, fast], 1800, SIZES, FIXED, True, spent=60, budget=10_000)[0] is slow
+
+
+def test_time_the_plan_leaves_ranks_the_candidates_the_first_round_skipped(monkeypatch):
+    from transferkit.plan import budget as budget_module
+    from transferkit.plan.rank import Candidate, RankResult
+
+    clock = Clock()
+    small, large = Candidate("small", 96), Candidate("large", 224)
+    first = RankResult([ranked("small", 96, 0.80, 0.70, engine=1000)], [("large@224", "predicted 54 s would pass")],
+                       "cv", 500, 10.0, [(small, 10.0)])
+    calls = []
+
+    def fake_rank(cfg, splits, candidates, sample, time_limit, clock, robust, measured):
+        calls.append((candidates, time_limit, list(measured)))
+        clock.now += 30
+        return RankResult([ranked("large", 224, 0.90, 0.85, engine=200)], [], "cv", 500, 30.0, measured + [(large, 30.0)])
+    monkeypatch.setattr(budget_module, "rank", fake_rank)
+    # large@224 is predicted from small@96's 10 s at 10 x (224 / 96)^2 = 54 s: not in half of 60 s, in half of 200 s
+    assert budget_module.second_round(None, None, [small, large], first, 60, 500, clock, 0.0) is first and not calls
+    merged = budget_module.second_round(None, None, [small, large], first, 200, 500, clock, 0.0)
+    assert calls == [([large], 100, [(small, 10.0)])]
+    assert [r.model for r in merged.rows] == ["large", "small"] and merged.skipped == [] and merged.seconds == 40
+    assert choose(merged.rows, SIZES, left=170, budget=300, spent=130, fixed=FIXED).chosen.model == "large"

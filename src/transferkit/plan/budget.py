@@ -3,7 +3,8 @@
 The clock starts when the command does. A stated share of the budget goes to measuring:
 
 1. **rank** (at most ``RANK_SHARE`` of the budget): every candidate backbone x size scored on a
-   stratified sample (rank.py), cheapest first, those that would not fit skipped;
+   stratified sample (rank.py), cheapest first, those that would not fit skipped; when the plan
+   made then would leave time unused, half of that ranks the skipped ones and the plan is made again;
 2. **pilot** (at most ``PILOT_SHARE``): the last block of the best-ranked candidate whose fine-tune
    could still fit in the budget, fine-tuned on the same sample for a few epochs next to its linear
    head trained the same way: their difference is the gain the planner expects from fine-tuning
@@ -39,6 +40,8 @@ from transferkit.train.trainer import TimeLimit, train
 RANK_SHARE = 0.15
 PILOT_SHARE = 0.15
 PILOT_EPOCHS = 4
+# Of the time a plan would leave unused, the share that ranks the candidates the first round skipped.
+SECOND_ROUND_SHARE = 0.5
 PATIENCE = 3
 DEFAULT_BUDGET = "10m"
 # Built-ins whose classes change in a mirror (digits): never trained with flips.
@@ -103,6 +106,21 @@ def pilot_candidate(rows, n: int, sizes: Sizes, fixed: costs.Fixed, flip: bool, 
     return why
 
 
+def second_round(cfg: TrainConfig, splits: DataSplits, candidates: list, ranked, unused: float, sample: int,
+                 clock: Callable[[], float], robust: float):
+    """Rank the candidates the first round skipped for time, with ``SECOND_ROUND_SHARE`` of the
+    ``unused`` seconds the plan would leave (those predicted to fit in it, from the first round's
+    timings); ``ranked`` merged with them, or ``ranked`` itself when none fits."""
+    limit = unused * SECOND_ROUND_SHARE
+    names = {name for name, _ in ranked.skipped}
+    rest = [c for c in candidates if c.name in names]
+    if not ranked.timed or not any(costs.predict_rank_seconds(ranked.timed, c) <= limit for c in rest):
+        return ranked
+    log(f"rank: the plan leaves {format_seconds(unused)} unused: ranking skipped candidates in {format_seconds(limit)}")
+    return ranked.merged(rank(cfg, splits, rest, sample=sample, time_limit=limit, clock=clock, robust=robust,
+                              measured=ranked.timed))
+
+
 def plan_and_train(cfg: TrainConfig, budget: float, models: list[str] | None = None, sizes: list[int] | None = None,
                    splits: DataSplits | None = None, clock: Callable[[], float] = time.monotonic,
                    robust: float = 0.0) -> dict:
@@ -137,6 +155,12 @@ def plan_and_train(cfg: TrainConfig, budget: float, models: list[str] | None = N
     log(pilot_note)
     spent = clock() - t0
     plan = choose(ranked.rows, sizes_, deadline - clock(), budget, spent, fixed, pilots, flip, robust)
+    if ranked.skipped:  # a short budget ranks only the cheap candidates: spend what the plan leaves on the rest
+        more = second_round(cfg, splits, candidates, ranked, deadline - clock() - plan.chosen.seconds * SAFETY,
+                            sample_size(budget), clock, robust)
+        if more is not ranked:
+            ranked, spent = more, clock() - t0
+            plan = choose(ranked.rows, sizes_, deadline - clock(), budget, spent, fixed, pilots, flip, robust)
     for line in plan.reasons:
         log(f"plan: {line}")
     chosen = plan.chosen

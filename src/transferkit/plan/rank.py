@@ -73,6 +73,14 @@ class RankResult:
     mode: str                      # "cv" (folds over the sample) or "val" (the data's own validation split)
     sample: int                    # images the heads were scored with
     seconds: float
+    timed: list = field(default_factory=list)  # (Candidate, seconds) of each ranked: predicts the next
+
+    def merged(self, more: "RankResult") -> "RankResult":
+        """This round and a later one over (some of) the candidates this one skipped."""
+        done = {f"{r.model}@{r.size}" for r in more.rows}
+        rows = sorted(self.rows + more.rows, key=lambda r: (-r.expected, -r.logme))
+        skipped = [(c, w) for c, w in self.skipped if c not in done]
+        return RankResult(rows, skipped, self.mode, self.sample, self.seconds + more.seconds, more.timed)
 
     def to_json(self) -> dict:
         return {"rows": [r.to_json() for r in self.rows], "skipped": [{"candidate": c, "why": w} for c, w in self.skipped],
@@ -163,12 +171,13 @@ def score_candidate(cfg: TrainConfig, sampled: DataSplits, mode: str, seed: int,
 
 def rank(cfg: TrainConfig, splits: DataSplits, candidates: list[Candidate], sample: int = DEFAULT_SAMPLE,
          time_limit: float | None = None, robust: float = 0.0, clock: Callable[[], float] = time.monotonic,
-         progress=None) -> RankResult:
+         progress=None, measured: list | None = None) -> RankResult:
     """Score ``candidates`` on a sample of ``splits``; ``cfg`` gives everything but model and size.
 
     ``time_limit`` (seconds): a candidate whose predicted cost would pass it is skipped. ``robust``
     in [0, 1] blends the accuracy on corrupted views of the held-out images (plan/shift.py) into
-    the sort key.
+    the sort key. ``measured``: (candidate, seconds) timings of an earlier round on this machine,
+    which predict this round's costs from its first candidate on.
     """
     if not 0 <= robust <= 1:
         raise UserError(f"--robust {robust}: give a weight between 0 and 1")
@@ -176,7 +185,7 @@ def rank(cfg: TrainConfig, splits: DataSplits, candidates: list[Candidate], samp
     began = clock()
     sampled, mode = sample_splits(splits, sample, cfg.seed)
     n = sum(len(s) for s in (sampled.train, sampled.val) if s is not None)
-    rows, skipped, spent = [], [], []
+    rows, skipped, spent = [], [], list(measured or [])
     for candidate in candidates:
         if time_limit is not None and spent:
             predicted = costs.predict_rank_seconds(spent, candidate)
@@ -197,4 +206,4 @@ def rank(cfg: TrainConfig, splits: DataSplits, candidates: list[Candidate], samp
     if not rows:
         raise UserError("no candidate could be ranked in the time given")
     rows.sort(key=lambda r: (-r.expected, -r.logme))
-    return RankResult(rows, skipped, mode, n, clock() - began)
+    return RankResult(rows, skipped, mode, n, clock() - began, spent)
