@@ -156,6 +156,11 @@ def test_the_pilot_goes_to_the_best_candidate_whose_fine_tune_can_still_fit():
     # 1,800 pilot images: slow's pilot itself (~442 s) is more than the measuring share
     assert "more than the measuring share" in pilot_candidate([slow], 1800, SIZES, FIXED, True, spent=60, budget=600)
     assert pilot_candidate([slow, fast], 1800, SIZES, FIXED, True, spent=60, budget=10_000)[0] is slow
+    # two cuts: the deeper fine-tune (more stages trained) is piloted where it fits, else the last block alone
+    two = ranked("two", 96, 0.86, 0.80, engine=1500, back=800)
+    two.train_rates = {5: 100, 6: 800}
+    assert pilot_candidate([two], 300, SIZES, FIXED, True, spent=60, budget=10_000) == (two, 5)
+    assert pilot_candidate([two], 300, SIZES, FIXED, True, spent=60, budget=300) == (two, 6)
 
 
 def test_time_the_plan_leaves_ranks_the_candidates_the_first_round_skipped(monkeypatch):

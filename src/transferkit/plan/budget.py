@@ -5,7 +5,7 @@ The clock starts when the command does. A stated share of the budget goes to mea
 1. **rank** (at most ``RANK_SHARE`` of the budget): every candidate backbone x size scored on a
    stratified sample (rank.py), cheapest first, those that would not fit skipped; when the plan
    made then would leave time unused, half of that ranks the skipped ones and the plan is made again;
-2. **pilot** (at most ``PILOT_SHARE``): the last block of the best-ranked candidate whose fine-tune
+2. **pilot** (at most ``PILOT_SHARE``): the last two blocks (else the last one) of the best-ranked candidate whose fine-tune
    could still fit in the budget, fine-tuned on the same sample for a few epochs next to its linear
    head trained the same way: their difference is the gain the planner expects from fine-tuning
    (planner.py). It runs only if it is predicted to fit.
@@ -85,24 +85,24 @@ def _pilot(cfg: TrainConfig, sampled: DataSplits, row, cut: int, flip: bool, scr
 
 def pilot_candidate(rows, n: int, sizes: Sizes, fixed: costs.Fixed, flip: bool, spent: float, budget: float):
     """``(row, cut)`` to pilot: the best-ranked candidate whose pilot fits in the measuring share and
-    whose fine-tune (``MIN_EPOCHS`` on all the data) would still fit after it; or why there is none."""
+    whose fine-tune (``MIN_EPOCHS`` on all the data) would still fit after it, at its deepest cut that
+    does (more trained stages first: on the built-ins they gained the most); or why there is none."""
     views = 2 if flip else 1
     why = None
     for row in rows:
-        if not row.train_rates:
-            continue
-        cut = max(row.train_rates)
-        pilot = 2 * fixed.start + 2 * n / row.engine_rate + PILOT_EPOCHS * n * views / row.train_rates[cut]
-        full = costs.partial_seconds(sizes.all, sizes.train, sizes.val, MIN_EPOCHS, row.engine_rate,
-                                     row.train_rates[cut], views, fixed)
-        if spent + pilot > budget * (RANK_SHARE + PILOT_SHARE):
-            why = why or f"no pilot: {row.model}@{row.size}'s would take {pilot:.0f} s, more than the measuring share left"
-            continue
-        if spent + pilot + full * SAFETY > budget:
-            why = why or (f"no pilot: a fine-tune of {row.model}@{row.size} ({MIN_EPOCHS} epochs) would need "
-                          f"{full:.0f} s, more than the budget leaves")
-            continue
-        return row, cut
+        for cut in sorted(row.train_rates):
+            pilot = 2 * fixed.start + 2 * n / row.engine_rate + PILOT_EPOCHS * n * views / row.train_rates[cut]
+            full = costs.partial_seconds(sizes.all, sizes.train, sizes.val, MIN_EPOCHS, row.engine_rate,
+                                         row.train_rates[cut], views, fixed)
+            if spent + pilot > budget * (RANK_SHARE + PILOT_SHARE):
+                why = why or (f"no pilot: {row.model}@{row.size}'s would take {pilot:.0f} s, more than the "
+                              f"measuring share left")
+                continue
+            if spent + pilot + full * SAFETY > budget:
+                why = why or (f"no pilot: a fine-tune of {row.model}@{row.size} ({MIN_EPOCHS} epochs) would need "
+                              f"{full:.0f} s, more than the budget leaves")
+                continue
+            return row, cut
     return why
 
 

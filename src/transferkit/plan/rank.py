@@ -33,6 +33,12 @@ DEFAULT_SIZES = (96, 160, 224)
 DEFAULT_SAMPLE = 2000
 
 
+def finetune_cuts(stages: int) -> tuple:
+    """The cuts ``train --budget`` may fine-tune from: the last stage alone, or the last two (the
+    demo's --freeze 7 on EfficientNet-Lite's 9 stages)."""
+    return (stages - 2, stages - 1)
+
+
 @dataclass
 class Candidate:
     model: str
@@ -162,8 +168,8 @@ def score_candidate(cfg: TrainConfig, sampled: DataSplits, mode: str, seed: int,
         # Heads fitted on the sample's training images only, scored on its shifted validation images.
         robust = scored_on(x_train, y_train, *views, classes, scores.knn_k, scores.linear_c)
     stages = len(got.tm.layout.stages)
-    # Fine-tuning the last block starts from the cache at this cut: timed here, on this machine.
-    rates = {cut: rate for cut in (stages - 1,) if cut >= 1
+    # Fine-tuning the last block, or the last two, starts from the cache at these cuts: timed here.
+    rates = {cut: rate for cut in finetune_cuts(stages) if cut >= 1
              and (rate := costs.train_rate(got.tm, cut, got.pre, got.sets["train"])) is not None}
     return Ranked(cfg.model, got.pre.size, head, accuracy, heads, logme(x, y), costs.engine_rate(got),
                   time.perf_counter() - start, scores.n, robust, accuracy, x.shape[1], stages, rates)
