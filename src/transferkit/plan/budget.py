@@ -5,7 +5,7 @@ The clock starts when the command does. A stated share of the budget goes to mea
 1. **rank** (at most ``RANK_SHARE`` of the budget): every candidate backbone x size scored on a
    stratified sample (rank.py), cheapest first, those that would not fit skipped; when the plan
    made then would leave time unused, half of that ranks the skipped ones and the plan is made again;
-2. **pilot** (at most ``PILOT_SHARE``): the last two blocks (else the last one) of a top-ranked candidate whose fine-tune
+2. **pilot** (at most ``PILOT_SHARE``): the last two blocks (else the last one) of the best-ranked candidate whose fine-tune
    could still fit in the budget, fine-tuned on the same sample for a few epochs next to its linear
    head trained the same way: their difference is the gain the planner expects from fine-tuning
    (planner.py). It runs only if it is predicted to fit.
