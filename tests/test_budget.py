@@ -161,14 +161,6 @@ def test_the_pilot_goes_to_the_best_candidate_whose_fine_tune_can_still_fit():
     two.train_rates = {5: 100, 6: 800}
     assert pilot_candidate([two], 300, SIZES, FIXED, True, spent=60, budget=10_000) == (two, 5)
     assert pilot_candidate([two], 300, SIZES, FIXED, True, spent=60, budget=300) == (two, 6)
-    # a deeper fine-tune of a candidate ranked close behind comes before the last block alone of the first;
-    # one ranked far behind does not
-    close = ranked("close", 96, 0.85, 0.80, engine=1500, back=800)
-    close.train_rates = {5: 600, 6: 800}
-    assert pilot_candidate([two, close], 300, SIZES, FIXED, True, spent=60, budget=300) == (close, 5)
-    far = ranked("far", 96, 0.80, 0.75, engine=1500, back=800)
-    far.train_rates = {5: 600, 6: 800}
-    assert pilot_candidate([two, far], 300, SIZES, FIXED, True, spent=60, budget=300) == (two, 6)
 
 
 def test_time_the_plan_leaves_ranks_the_candidates_the_first_round_skipped(monkeypatch):

@@ -40,8 +40,6 @@ from transferkit.train.trainer import TimeLimit, train
 RANK_SHARE = 0.15
 PILOT_SHARE = 0.15
 PILOT_EPOCHS = 4
-# Candidates within this much of the best expected accuracy may be piloted for a deeper fine-tune.
-PILOT_MARGIN = 0.03
 # Of the time a plan would leave unused, the share that ranks the candidates the first round skipped.
 SECOND_ROUND_SHARE = 0.5
 PATIENCE = 3
@@ -86,32 +84,25 @@ def _pilot(cfg: TrainConfig, sampled: DataSplits, row, cut: int, flip: bool, scr
 
 
 def pilot_candidate(rows, n: int, sizes: Sizes, fixed: costs.Fixed, flip: bool, spent: float, budget: float):
-    """``(row, cut)`` to pilot: a candidate whose pilot fits in the measuring share and whose
-    fine-tune (``MIN_EPOCHS`` on all the data) would still fit after it. More trained stages come
-    first (on the built-ins the last two blocks gained 4 points on a sample where the last one
-    alone lost 2 to 6), then the rank: the deepest cut that fits, of the best-ranked candidate
-    among those within ``PILOT_MARGIN`` of the best expected accuracy, else a shallower one; or
-    why there is none."""
+    """``(row, cut)`` to pilot: the best-ranked candidate whose pilot fits in the measuring share and
+    whose fine-tune (``MIN_EPOCHS`` on all the data) would still fit after it, at its deepest cut that
+    does (more trained stages first: on the built-ins they gained the most); or why there is none."""
     views = 2 if flip else 1
     why = None
-    best = max((r.expected for r in rows), default=0.0)
-    near = {id(r) for r in rows if r.expected >= best - PILOT_MARGIN}
-    # every near candidate's deepest cut, in rank order, then every candidate's last block alone
-    order = sorted(((r.stages - cut, i, r, cut) for i, r in enumerate(rows) for cut in r.train_rates
-                    if id(r) in near or cut == max(r.train_rates)), key=lambda t: (-t[0], t[1]))
-    for _depth, _i, row, cut in order:
-        pilot = 2 * fixed.start + 2 * n / row.engine_rate + PILOT_EPOCHS * n * views / row.train_rates[cut]
-        full = costs.partial_seconds(sizes.all, sizes.train, sizes.val, MIN_EPOCHS, row.engine_rate,
-                                     row.train_rates[cut], views, fixed)
-        if spent + pilot > budget * (RANK_SHARE + PILOT_SHARE):
-            why = why or (f"no pilot: {row.model}@{row.size}'s would take {pilot:.0f} s, more than the "
-                          f"measuring share left")
-            continue
-        if spent + pilot + full * SAFETY > budget:
-            why = why or (f"no pilot: a fine-tune of {row.model}@{row.size} ({MIN_EPOCHS} epochs) would need "
-                          f"{full:.0f} s, more than the budget leaves")
-            continue
-        return row, cut
+    for row in rows:
+        for cut in sorted(row.train_rates):
+            pilot = 2 * fixed.start + 2 * n / row.engine_rate + PILOT_EPOCHS * n * views / row.train_rates[cut]
+            full = costs.partial_seconds(sizes.all, sizes.train, sizes.val, MIN_EPOCHS, row.engine_rate,
+                                         row.train_rates[cut], views, fixed)
+            if spent + pilot > budget * (RANK_SHARE + PILOT_SHARE):
+                why = why or (f"no pilot: {row.model}@{row.size}'s would take {pilot:.0f} s, more than the "
+                              f"measuring share left")
+                continue
+            if spent + pilot + full * SAFETY > budget:
+                why = why or (f"no pilot: a fine-tune of {row.model}@{row.size} ({MIN_EPOCHS} epochs) would need "
+                              f"{full:.0f} s, more than the budget leaves")
+                continue
+            return row, cut
     return why
 
 
