@@ -132,13 +132,12 @@ def budget(args, work: Path) -> list[dict]:
     for name in args.sets:
         spec, extra = data_spec(name, work), {**SETS, **EXTRA_SETS}[name]
         default_out = work / "runs" / f"default-{name.replace('>', '')}"
-        if not args.default:
-            default = (float("nan"), float("nan"))
-        elif not (default_out / "run.json").exists():
-            _, seconds = command(["train", "--data", spec, "--out", str(default_out), "--cache-dir",
-                                  str(work / f"cache-default-{name.replace('>', '')}"), "--quiet", *extra])
-            (default_out / "seconds").write_text(str(seconds))
+        default = (float("nan"), float("nan"))
         if args.default:
+            if not (default_out / "run.json").exists():
+                _, seconds = command(["train", "--data", spec, "--out", str(default_out), "--cache-dir",
+                                      str(work / f"cache-default-{name.replace('>', '')}"), "--quiet", *extra])
+                (default_out / "seconds").write_text(str(seconds))
             default = run_json(default_out)["metrics"]["top1"], float((default_out / "seconds").read_text())
         for limit in args.budgets.split(","):
             out = work / "runs" / f"budget-{limit}-{name.replace('>', '')}"

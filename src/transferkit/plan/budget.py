@@ -155,12 +155,12 @@ def plan_and_train(cfg: TrainConfig, budget: float, models: list[str] | None = N
     log(pilot_note)
     spent = clock() - t0
     plan = choose(ranked.rows, sizes_, deadline - clock(), budget, spent, fixed, pilots, flip, robust)
-    if ranked.skipped:  # a short budget ranks only the cheap candidates: spend what the plan leaves on the rest
-        more = second_round(cfg, splits, candidates, ranked, deadline - clock() - plan.chosen.seconds * SAFETY,
-                            sample_size(budget), clock, robust)
-        if more is not ranked:
-            ranked, spent = more, clock() - t0
-            plan = choose(ranked.rows, sizes_, deadline - clock(), budget, spent, fixed, pilots, flip, robust)
+    # a short budget ranks only the cheap candidates: what the plan would leave unused ranks the rest
+    more = second_round(cfg, splits, candidates, ranked, deadline - clock() - plan.chosen.seconds * SAFETY,
+                        sample_size(budget), clock, robust)
+    if more is not ranked:
+        ranked, spent = more, clock() - t0
+        plan = choose(ranked.rows, sizes_, deadline - clock(), budget, spent, fixed, pilots, flip, robust)
     for line in plan.reasons:
         log(f"plan: {line}")
     chosen = plan.chosen

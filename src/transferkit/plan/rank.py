@@ -83,7 +83,7 @@ class RankResult:
 
     def merged(self, more: "RankResult") -> "RankResult":
         """This round and a later one over (some of) the candidates this one skipped."""
-        done = {f"{r.model}@{r.size}" for r in more.rows}
+        done = {Candidate(r.model, r.size).name for r in more.rows}
         rows = sorted(self.rows + more.rows, key=lambda r: (-r.expected, -r.logme))
         skipped = [(c, w) for c, w in self.skipped if c not in done]
         return RankResult(rows, skipped, self.mode, self.sample, self.seconds + more.seconds, more.timed)

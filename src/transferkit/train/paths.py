@@ -157,7 +157,7 @@ def choose_path(cfg, tm, plan, sets: dict, pre: Preprocess, device, autocast, pr
     partial = plan.cut < len(tm.layout.stages)  # stages train on the cached features: auto turns brightness on
     mix, frofa = mixing(cfg, tm, row_shape), parse_feature_augment(cfg.feature_augment, cfg.seed, partial)
     size = sum(f.nbytes for f in features.values())
-    frozen_part = "backbone" if plan.cut >= len(tm.layout.stages) else f"first {plan.cut} stages"
+    frozen_part = f"first {plan.cut} stages" if partial else "backbone"
     augment = ("random flips from mirrored copies" if aug.spec.mirror_only else
                f"{aug.views} augmented views per training image" if aug.spec.random else "no augmentation")
     message = (f"feature cache: on ({frozen_part} frozen, {augment}): {cache.counts()} images"
