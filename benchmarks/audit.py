@@ -60,7 +60,9 @@ except ImportError:  # the column says how to get it
 
 LABEL_SETS = {"fashion-mnist": 10_000, "animal-shapes": 0, "mnist-5k": 0}
 QUICK_SETS = {"digits": 0, "mnist-5k": 1000}
-THRESHOLDS = (0.85, 0.88, 0.90, 0.92, 0.94, 0.96, 0.98)
+THRESHOLDS = (0.85, 0.88, 0.90, 0.92, 0.94, 0.96, 0.98)  # margin 0: similarity alone
+MARGINS = (0.06, 0.09, 0.12, 0.15, 0.18)
+SAME_RMS = 2.0  # of 255: source images this close are copies already
 COPIES = ("resized 0.5x", "JPEG q=50", "mirrored", "cropped 5%")
 
 
@@ -153,8 +155,8 @@ def _copy(image: Image.Image, kind: str, rng) -> Image.Image:
 
 def duplicates_table(args) -> None:
     n = 500 if args.quick else 5000
-    splits = load_data("fashion-mnist")
-    rng = np.random.default_rng(0)
+    splits = load_data(args.dup_data)
+    rng = np.random.default_rng(args.dup_seed)
     rows = rng.permutation(len(splits.train))[:n]
     originals = rng.choice(n, max(2, int(0.02 * n)), replace=False)
     folder = Path(tempfile.mkdtemp(prefix="tk-audit-dups-"))
@@ -162,7 +164,7 @@ def duplicates_table(args) -> None:
     for i, row in enumerate(rows):
         label = splits.classes[int(splits.train.labels[row])].replace("/", "-")
         (folder / label).mkdir(exist_ok=True)
-        image = _png(splits.train.images[row, 0].numpy())
+        image = _png(splits.train.images[row].permute(1, 2, 0).squeeze(-1).numpy())
         image.save(folder / label / f"{i:05d}.png")
         if i in originals:
             truth_group[f"{i:05d}.png"] = i
@@ -175,15 +177,26 @@ def duplicates_table(args) -> None:
     whole = DataSplits(str(folder), data.classes, _whole(data), None, None)
     table = build_table(backbone_features(cfg, whole, mirrored=True), str(folder))
     names = [Path(p).name for p in table.names]
+    same = _identical_sources(splits.train.images[rows])
+    for a, b in same:  # the data set's own copies are duplicates too: one truth group with their copies
+        ga, gb = truth_group.get(f"{a:05d}.png", a), truth_group.get(f"{b:05d}.png", b)
+        for name, g in list(truth_group.items()):
+            if g == gb:
+                truth_group[name] = ga
+        truth_group[f"{a:05d}.png"] = truth_group[f"{b:05d}.png"] = ga
     group_of = np.array([truth_group.get(name, -1) for name in names])
     truth = {pair for pair in _pairs(group_of)}
     neighbours = nearest(table.x, table.mirrored, K)
-    print(f"\n### Near-duplicates: {len(originals)} of {n} Fashion-MNIST images copied four ways "
-          f"({len(truth)} true pairs)\n")
-    print("| threshold | groups | found pairs | precision | recall | " + " | ".join(f"recall {k}" for k in COPIES) + " |")
-    print("|---|---|---|---|---|" + "---|" * len(COPIES))
-    for threshold in THRESHOLDS:
-        groups = duplicates.duplicate_groups(neighbours, table.digests, threshold)
+    print(f"\n### Near-duplicates: {len(originals)} of {n} {args.dup_data} images copied four ways "
+          f"({len(truth)} true pairs; sample seed {args.dup_seed}; {len(same)} pairs of the sample were already "
+          f"copies in the data set: pixel RMS difference < {SAME_RMS}, mirror counted)\n")
+    print("| threshold | margin | groups | found pairs | precision | recall | "
+          + " | ".join(f"recall {k}" for k in COPIES) + " |")
+    print("|---|---|---|---|---|---|" + "---|" * len(COPIES))
+    rules = [(t, 0.0) for t in THRESHOLDS] + [(t, duplicates.MARGIN) for t in THRESHOLDS[:4]] + [
+        (duplicates.THRESHOLD, m) for m in MARGINS if m != duplicates.MARGIN]
+    for threshold, margin in rules:
+        groups = duplicates.duplicate_groups(neighbours, table.digests, threshold, margin)
         found = np.full(len(names), -1)
         for g, group in enumerate(groups):
             found[group.members] = g
@@ -194,9 +207,19 @@ def duplicates_table(args) -> None:
             mine = {p for p in truth if any(kinds.get(names[r]) == kind for r in p)
                     and any(names[r] in truth_group and names[r] not in kinds for r in p)}
             per_kind.append(f"{len(mine & pairs) / max(len(mine), 1):.3f}")
-        mark = " (default)" if threshold == duplicates.THRESHOLD else ""
-        print(f"| {threshold}{mark} | {len(groups)} | {len(pairs)} | {hit / max(len(pairs), 1):.3f} | "
+        mark = " (default)" if (threshold, margin) == (duplicates.THRESHOLD, duplicates.MARGIN) else ""
+        print(f"| {threshold} | {margin}{mark} | {len(groups)} | {len(pairs)} | {hit / max(len(pairs), 1):.3f} | "
               f"{hit / max(len(truth), 1):.3f} | " + " | ".join(per_kind) + " |")
+
+
+def _identical_sources(images: torch.Tensor) -> list:
+    """Pairs of the sampled source images that already are copies of each other (as they are or
+    mirrored): the data set's own duplicates, which the audit should find as well."""
+    x = images.flatten(1).float()
+    distance = torch.minimum(torch.cdist(x, x), torch.cdist(x, images.flip(-1).flatten(1).float()))
+    distance /= x.shape[1] ** 0.5  # root mean square pixel difference
+    distance.fill_diagonal_(float("inf"))
+    return [(int(a), int(b)) for a, b in (distance < SAME_RMS).nonzero().tolist() if a < b]
 
 
 def _whole(data: DataSplits):
@@ -279,6 +302,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--sklearn", action=argparse.BooleanOptionalAction, default=True,
                         help="speed: also time scikit-learn's brute-force NearestNeighbors")
+    parser.add_argument("--dup-data", default="fashion-mnist", help="duplicates: the built-in set copied from")
+    parser.add_argument("--dup-seed", type=int, default=0, help="duplicates: seed of the sample and of the copies")
     parser.add_argument("--cache", default=None, help="feature cache folder of the labels and duplicates tables")
     args = parser.parse_args()
     args.cache = Path(args.cache or tempfile.mkdtemp(prefix="tk-audit-cache-"))

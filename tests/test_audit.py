@@ -130,6 +130,27 @@ def test_duplicate_groups_join_near_copies_and_identical_pixels():
     assert next(g for g in groups if 30 in g.members).exact
 
 
+def test_a_pair_must_stand_out_from_its_neighbourhood_unless_nearly_identical():
+    rng = np.random.default_rng(2)
+
+    def around(centre, spread, n):
+        return normalise(centre + spread * rng.normal(size=(n, 32)))
+
+    x = normalise(rng.normal(size=(80, 32)))
+    x[1] = around(x[0], 0.08, 1)[0]         # a copy in a sparse region, similarity ~0.91
+    x[10:22] = around(x[None, 10], 0.065, 12)  # twelve look-alikes: each pair ~0.90, as close as its 10th neighbour
+    x[30:42] = around(x[None, 30], 0.02, 12)  # twelve close copies of one image (> 0.96): too many for the margin
+    neighbours = nearest(x, None, 10)
+    similarity = x @ x.T
+    alike = similarity[10:22, 10:22][np.triu_indices(12, 1)]
+    assert 0.88 < similarity[0, 1] < 0.94 and 0.88 < alike.mean() and alike.max() < duplicates.CERTAIN
+    groups = duplicates.duplicate_groups(neighbours, None)
+    assert sorted(g.members.tolist() for g in groups) == [[0, 1], list(range(30, 42))]
+    # similarity alone (margin 0) cannot tell the look-alikes from the copy
+    alone = duplicates.duplicate_groups(neighbours, None, margin=0)
+    assert any(set(range(10, 22)) <= set(g.members.tolist()) for g in alone)
+
+
 def test_outliers_are_far_from_everything_or_from_their_class(digits):
     x, labels = digits
     x = x.copy()
@@ -282,3 +303,5 @@ def test_a_run_directory_is_audited_with_its_own_data_and_backbone(tiny_run, tmp
     assert found["model"] == "resnet18" and found["data"] == run["config"]["data"]
     assert found["images"] == sum(v for k, v in run["data"].items() if k != "spec")
     assert main(["data", "audit", str(tiny_run), "--out", str(tmp_path / "b"), "--threshold", "2"]) == 2
+    assert main(["data", "audit", str(tiny_run), "--out", str(tmp_path / "c"), "--margin", "-0.1"]) == 2
+    assert "--margin -0.1" in capsys.readouterr().err

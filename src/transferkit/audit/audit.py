@@ -50,6 +50,7 @@ class Audit:
     groups: list                 # duplicates.Group
     label_issues: confident.LabelIssues
     threshold: float
+    margin: float
     seconds: dict = field(default_factory=dict)
     sets: dict = field(default_factory=dict)   # decoded image sets by split (thumbnails)
 
@@ -115,7 +116,7 @@ def _outlier_findings(table: Table, found: outliers.Outliers, labelled: set, cla
 
 
 def audit_table(table: Table, classes: list, threshold: float = duplicates.THRESHOLD, seed: int = 0,
-                progress=None) -> tuple:
+                progress=None, margin: float = duplicates.MARGIN) -> tuple:
     """Everything after the features: ``(findings, groups, label issues, seconds)``."""
     seconds = {}
     start = time.perf_counter()
@@ -128,7 +129,7 @@ def audit_table(table: Table, classes: list, threshold: float = duplicates.THRES
     issues = confident.find_label_issues(probs, table.labels)
     seconds["labels"] = time.perf_counter() - start
     start = time.perf_counter()
-    groups = duplicates.duplicate_groups(neighbours, table.digests, threshold)
+    groups = duplicates.duplicate_groups(neighbours, table.digests, threshold, margin)
     found = outliers.find_outliers(table.x, table.labels, neighbours, n_classes)
     findings = (_group_findings(table, groups) + _label_findings(table, issues, probs, knn, classes)
                 + _outlier_findings(table, found, set(issues.rows.tolist()), classes))
@@ -138,14 +139,15 @@ def audit_table(table: Table, classes: list, threshold: float = duplicates.THRES
 
 
 def run_audit(cfg, splits: DataSplits, device: torch.device | None = None, progress=None,
-              threshold: float = duplicates.THRESHOLD) -> Audit:
+              threshold: float = duplicates.THRESHOLD, margin: float = duplicates.MARGIN) -> Audit:
     """Audit ``splits`` with ``cfg``'s backbone (a TrainConfig: model, weights, size, engine, caches)."""
     start = time.perf_counter()
     data = backbone_features(cfg, splits, device, progress, mirrored=True)
     log(f"feature cache: {data.cache.counts()} images{data.cache.computed}")
     table = build_table(data, splits.spec, seed=cfg.seed)
     seconds = {"features": time.perf_counter() - start}
-    findings, groups, issues, more = audit_table(table, splits.classes, threshold, cfg.seed, progress)
+    findings, groups, issues, more = audit_table(table, splits.classes, threshold, cfg.seed, progress, margin)
     seconds.update(more, total=time.perf_counter() - start)
-    return Audit(splits.spec, cfg.model, list(splits.classes), table, findings, groups, issues, threshold, seconds,
+    return Audit(splits.spec, cfg.model, list(splits.classes), table, findings, groups, issues, threshold, margin,
+                 seconds,
                  data.sets)

@@ -28,7 +28,8 @@ def summary(audit: Audit) -> dict:
             "splits": {s: int((t.split == s).sum()) for s in t.offsets}, "classes": audit.classes,
             "findings": audit.counts(), "leakage": audit.leakage,
             "estimated_label_error_rate": round(audit.label_issues.error_rate, 4),
-            "duplicate_threshold": audit.threshold, "duplicate_groups": len(audit.groups),
+            "duplicate_threshold": audit.threshold, "duplicate_margin": audit.margin,
+            "duplicate_groups": len(audit.groups),
             "seconds": {k: round(v, 2) for k, v in audit.seconds.items()}}
 
 
@@ -60,7 +61,8 @@ def format_table(audit: Audit, files: dict) -> str:
              f"({', '.join(f'{k} {v:,}' for k, v in s['splits'].items())}), {s['seconds']['total']:.1f} s",
              f"estimated label-error rate: {s['estimated_label_error_rate']:.1%} (confident learning)"]
     names = {"leakage": "near-copies across splits (leakage)", "label": "likely wrong labels",
-             "duplicate": f"near-duplicates within a split (similarity >= {audit.threshold})",
+             "duplicate": f"near-duplicates within a split (similarity >= {audit.threshold}, "
+                          f"standing {audit.margin} above the neighbourhood)",
              "outlier": "outliers"}
     rows = finding_rows(audit)
     for kind in KINDS:

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from transferkit.audit.audit import run_audit
-from transferkit.audit.duplicates import THRESHOLD
+from transferkit.audit.duplicates import MARGIN, THRESHOLD
 from transferkit.audit.outputs import format_table, to_json, write_files
 from transferkit.audit.page import render
 from transferkit.core.config import TrainConfig
@@ -39,8 +39,10 @@ def audit(args) -> tuple[dict, str, bool]:
     cfg = settings(args)
     if args.threshold is not None and not 0 < args.threshold <= 1:
         raise UserError(f"--threshold {args.threshold}: a cosine similarity in (0, 1]")
+    if args.margin is not None and not 0 <= args.margin < 1:
+        raise UserError(f"--margin {args.margin}: a similarity difference in [0, 1)")
     result = run_audit(cfg, load_data(cfg.data, cfg.seed), pick_device(cfg.device), make_progress(cfg.quiet),
-                       args.threshold or THRESHOLD)
+                       args.threshold or THRESHOLD, MARGIN if args.margin is None else args.margin)
     files = write_files(result, Path(args.out or "audit"), render(result))
     return to_json(result), format_table(result, files), result.leakage
 

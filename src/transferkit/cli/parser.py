@@ -101,8 +101,11 @@ def _audit_flags(p, deep: bool = False) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help=f"{when}where audit.html, audit.csv and audit.json go "
                                                              "(default: ./audit)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="flip-invariant cosine similarity from which two images are near-duplicates (default 0.92, "
-                        "measured with known copies: benchmarks/RESULTS.md)")
+                   help="flip-invariant cosine similarity two images need at the least to be near-duplicates "
+                        "(default 0.88, measured with known copies: benchmarks/RESULTS.md)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="how far above both images' 10th-nearest neighbour a pair's similarity must stand, unless it "
+                        "reaches 0.96 (default 0.12; 0: similarity alone)")
     p.add_argument("--seed", type=int, default=None, help="seed of the folds and of a plain folder's train/val split "
                                                           "(default: a run's own, else 0)")
     p.add_argument("--skip-bad", action="store_true", help="drop unreadable images (and say how many) instead of stopping")
