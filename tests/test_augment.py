@@ -2,17 +2,19 @@
 feature-space augmentation, and the views source that reads one view per image."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from transferkit.core.errors import UserError
+from transferkit.core.records import Records, read_from
 from transferkit.data.augment.frofa import parse_feature_augment
 from transferkit.data.augment.mixing import Mixing
 from transferkit.data.augment.pipeline import Augmentation, fresh_seeds, view_picks, view_seeds
 from transferkit.data.augment.spec import mirror_note, mirror_warning, parse_augment
 from transferkit.engine.batches import Batches
-from transferkit.engine.feature_cache import FeatureViews
+from transferkit.engine.feature_cache import FeatureSet, FeatureViews
 from transferkit.engine.loop import classification_loss, dominant
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # erasing fills (124, 116, 104): no other transform makes that flat block
@@ -164,37 +166,31 @@ def test_brightness_on_features_is_a_seeded_offset_per_channel():
         parse_feature_augment("brightness:-1", 0)
 
 
-class _View:
-    """A cached view whose row ``i`` is ``1000 v + i``, counting the rows read."""
-
-    def __init__(self, v: int, n: int):
-        self.v, self.labels, self.read = v, torch.zeros(n, dtype=torch.long), 0
-
-    def __len__(self):
-        return len(self.labels)
-
-    def batch(self, index):
-        self.read += len(index)
-        return (1000 * self.v + index).float()[:, None]
-
-    @property
-    def shape(self):
-        return (len(self.labels), 1)
+def _view(folder, v: int, n: int) -> FeatureSet:
+    """A cached view (a real cache file) whose row ``i`` is ``100 v + i`` (exact in fp16)."""
+    path = folder / f"view{v}.npy"
+    np.save(path, (100 * v + np.arange(n)[:, None]).astype(np.float16))
+    offset = np.load(path, mmap_mode="r").offset
+    return FeatureSet(Records(path, n, (1,), np.float16, offset), torch.zeros(n, dtype=torch.long), path, False)
 
 
-def test_a_training_batch_reads_one_view_per_image_whatever_v():
+def test_a_training_batch_reads_one_view_per_image_whatever_v(tmp_path, monkeypatch):
     n, count = 50, 8
-    views = [_View(v, n) for v in range(count)]
+    views = [_view(tmp_path, v, n) for v in range(count)]
+    read = []
+    real = Records._read_into
+    monkeypatch.setattr(Records, "_read_into", lambda self, buffer, offset: (read.append(buffer.nbytes),
+                                                                               real(self, buffer, offset)))
     source = FeatureViews(views, lambda index, epoch, b: view_picks(0, epoch, b, index, count), tuple(map(str, range(count))))
     batches = Batches(source, 16, shuffle=True, seed=0)
     seen = []
     for b, index, raw, _ in batches(3):
         picks = view_picks(0, 3, b, index, count)
-        assert torch.equal(raw[:, 0], (1000 * picks + index).float())  # each image's own view, in batch order
+        assert torch.equal(raw[:, 0].float(), (100 * picks + index).float())  # each image's own view, in batch order
         seen += picks.tolist()
-    assert sum(v.read for v in views) == n  # one row per image: memory and reads as for one plain batch
+    assert sum(read) == n * 2  # one fp16 row per image: memory and reads as for one plain batch
     assert len(set(seen)) == count
-    assert torch.equal(source.batch(torch.arange(3))[:, 0], torch.arange(3).float())  # evaluation: the first view
+    assert torch.equal(source.batch(torch.arange(3))[:, 0].float(), torch.arange(3).float())  # evaluation: the first view
 
 
 def test_an_augmented_view_is_named_by_spec_view_and_seed():
@@ -212,3 +208,15 @@ def test_an_augmented_view_is_named_by_spec_view_and_seed():
     index = torch.tensor([4, 1])
     assert torch.equal(view(light, 1, 0).batch(index), light(ramps(2), view_seeds(0, 1, index)))
     assert not torch.equal(view(light, 1, 0).batch(index), view(light, 2, 0).batch(index))
+
+
+def test_rows_of_several_cache_files_are_read_into_their_places(tmp_path):
+    n = 50
+    views = [_view(tmp_path, v, n) for v in range(3)]
+    which = np.array([0, 1, 1, 2, 0, 0, 0, 1])
+    rows = np.array([6, 7, 8, 9, 3, 4, 4, 49])  # rows 6, 7 of files 0 and 1: consecutive rows, two reads
+    got = read_from([v.features for v in views], which, rows)
+    assert got[:, 0].astype(int).tolist() == (100 * which + rows).tolist()
+    assert read_from([views[0].features], np.zeros(0, int), np.zeros(0, int)).shape == (0, 1)
+    with pytest.raises(IndexError):
+        read_from([v.features for v in views], np.array([0, 2]), np.array([1, n]))

@@ -41,18 +41,7 @@ class Records:
     def read(self, rows) -> np.ndarray:
         """Records ``rows`` (any order, repeats allowed) as a new ``(len(rows), *shape)`` array."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        out = np.empty((len(rows), *self.shape), dtype=self.dtype)
-        if not len(rows):
-            return out
-        if rows.min() < 0 or rows.max() >= self.n:
-            raise IndexError(f"record index out of range 0..{self.n - 1}")
-        flat = out.reshape(len(rows), -1).view(np.uint8)
-        # Consecutive rows (in the order asked) are one read: sequential passes cost few calls.
-        starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)
-        ends = np.append(starts[1:], len(rows))
-        for start, end in zip(starts.tolist(), ends.tolist()):
-            self._read_into(flat[start:end].reshape(-1), self.offset + int(rows[start]) * self.record_bytes)
-        return out
+        return read_from([self], np.zeros(len(rows), dtype=np.int64), rows)
 
     def read_range(self, start: int, stop: int) -> np.ndarray:
         return self.read(np.arange(start, stop))
@@ -64,6 +53,31 @@ class Records:
             if got <= 0:
                 raise OSError(f"{self.path}: file ended at byte {offset + done} (a cache cut short?)")
             done += got
+
+
+def read_from(sources: list, which, rows) -> np.ndarray:
+    """Row ``rows[i]`` of ``sources[which[i]]`` for every ``i``, as one new array: the records of
+    several files of one shape and dtype (the views of a feature cache) read straight into their
+    places, with no per-file pass and no scatter afterwards."""
+    first = sources[0]
+    which, rows = np.asarray(which, dtype=np.int64).reshape(-1), np.asarray(rows, dtype=np.int64).reshape(-1)
+    out = np.empty((len(rows), *first.shape), dtype=first.dtype)
+    if not len(rows):
+        return out
+    for i, source in enumerate(sources):
+        mine = rows[which == i] if len(sources) > 1 else rows
+        if len(mine) and (mine.min() < 0 or mine.max() >= source.n):
+            raise IndexError(f"record index out of range 0..{source.n - 1}")
+    flat = out.reshape(len(rows), -1).view(np.uint8)
+    # Consecutive rows of one file (in the order asked) are one read: sequential passes cost few calls.
+    breaks = (np.diff(rows, prepend=rows[0] - 2) != 1) | (np.diff(which, prepend=which[0]) != 0)
+    starts = np.flatnonzero(breaks)
+    ends = np.append(starts[1:], len(rows))
+    size = first.record_bytes
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        source = sources[which[start]]
+        source._read_into(flat[start:end].reshape(-1), source.offset + int(rows[start]) * size)
+    return out
 
 
 def write_rows(fd: int, array: np.ndarray, first_row: int, record_bytes: int, offset: int = 0) -> None:

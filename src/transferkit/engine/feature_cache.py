@@ -28,7 +28,7 @@ import torch
 
 from transferkit.core import cachedir
 from transferkit.core.lazy import version_of
-from transferkit.core.records import Records, write_rows
+from transferkit.core.records import Records, read_from, write_rows
 from transferkit.data.transforms import Preprocess, prepare
 
 CACHE_VERSION = 3  # 2: uint8 resize on the CPU; 3: entries in CACHE_DIR/features with the shared policy
@@ -83,14 +83,7 @@ class FeatureViews:
 
     def draw(self, index: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
         picks = self.pick(index, epoch, b)
-        out = None
-        for view in picks.unique().tolist():
-            rows = (picks == view).nonzero().squeeze(1)
-            part = self.views[view].batch(index[rows])
-            if out is None:
-                out = torch.empty((len(index), *part.shape[1:]), dtype=part.dtype)
-            out[rows] = part
-        return out if out is not None else self.views[0].batch(index)
+        return torch.from_numpy(read_from([v.features for v in self.views], picks.numpy(), index.numpy()))
 
     @property
     def shape(self) -> tuple:
