@@ -96,6 +96,8 @@ def flipped(labels: np.ndarray, classes: int, kind: str, confusion: np.ndarray, 
 
 
 def labels_table(args) -> None:
+    seeds = [int(x) for x in str(args.flip_seeds).split(",")]
+    f1s = {}  # (data, flips, seed) -> {method: F1}
     print("\n### Label errors: 5% of the training labels flipped\n")
     print("| data | flips | images | OOF accuracy | est. error rate | method | flagged | precision | recall | F1 | "
           "top-N precision |")
@@ -109,8 +111,9 @@ def labels_table(args) -> None:
         clean = combined(out_of_fold(table.x, table.labels, classes), knn_votes(neighbours, table.labels, classes))
         confusion = np.zeros((classes, classes), dtype=np.int64)
         np.add.at(confusion, (table.labels, clean.argmax(1)), 1)
-        for kind in ("uniform", "confusable"):
-            noisy, truth = flipped(table.labels, classes, kind, confusion)
+        for kind, seed in ((k, s) for s in seeds for k in ("uniform", "confusable")):
+            noisy, truth = flipped(table.labels, classes, kind, confusion, seed)
+            flips = kind if seeds == [1] else f"{kind} (seed {seed})"
             probs = combined(out_of_fold(table.x, noisy, classes), knn_votes(neighbours, noisy, classes))
             accuracy = float((probs.argmax(1) == table.labels).mean())
             found = {}
@@ -125,13 +128,31 @@ def labels_table(args) -> None:
                 found["cleanlab: pip install cleanlab"] = (None, float("nan"))
             for method, (rows, rate) in found.items():
                 if rows is None:
-                    print(f"| {spec} | {kind} | {len(noisy):,} | {accuracy:.3f} | | {method} | | | | | |")
+                    print(f"| {spec} | {flips} | {len(noisy):,} | {accuracy:.3f} | | {method} | | | | | |")
                     continue
                 p, r, f = prf(rows, truth)
+                f1s.setdefault((spec, kind, seed), {})[method.replace(" (default)", "")] = f
                 top = prf(rows[:len(truth)], truth)[0]
                 est = f"{rate:.1%}" if rate == rate else ""
-                print(f"| {spec} | {kind} | {len(noisy):,} | {accuracy:.3f} | {est} | {method} | {len(rows):,} | "
+                print(f"| {spec} | {flips} | {len(noisy):,} | {accuracy:.3f} | {est} | {method} | {len(rows):,} | "
                       f"{p:.3f} | {r:.3f} | {f:.3f} | {top:.3f} |")
+    _f1_summary(f1s)
+
+
+def _f1_summary(f1s: dict) -> None:
+    """F1 of every method in every case, then per method: the mean, and the cases at or above cleanlab's."""
+    methods = list(next(iter(f1s.values())))
+    print("\n| data | flips | seed | " + " | ".join(methods) + " |")
+    print("|---|---|---|" + "---|" * len(methods))
+    for (spec, kind, seed), row in f1s.items():
+        print(f"| {spec} | {kind} | {seed} | " + " | ".join(f"{row[m]:.3f}" for m in methods) + " |")
+    reference = "cleanlab find_label_issues"
+    print()
+    for m in methods:
+        mean = np.mean([row[m] for row in f1s.values()])
+        wins = sum(row[m] >= row[reference] for row in f1s.values()) if reference in methods else 0
+        versus = f", at least cleanlab's in {wins} of {len(f1s)} cases" if reference in methods else ""
+        print(f"- {m}: mean F1 {mean:.3f}{versus}")
 
 
 def _png(array: np.ndarray) -> Image.Image:
@@ -302,6 +323,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--sklearn", action=argparse.BooleanOptionalAction, default=True,
                         help="speed: also time scikit-learn's brute-force NearestNeighbors")
+    parser.add_argument("--flip-seeds", default="1", help="labels: seeds of the flipped labels, e.g. 1,2,3,4")
     parser.add_argument("--dup-data", default="fashion-mnist", help="duplicates: the built-in set copied from")
     parser.add_argument("--dup-seed", type=int, default=0, help="duplicates: seed of the sample and of the copies")
     parser.add_argument("--cache", default=None, help="feature cache folder of the labels and duplicates tables")

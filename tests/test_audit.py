@@ -80,11 +80,28 @@ def test_confident_joint_follows_the_paper():
     assert joint.tolist() == [[2, 1], [1, 1]]
     # Q = [[0.4, 0.2], [0.2, 0.2]]: one error expected in each class. By class: the least
     # self-confident image of each; by noise rate: the largest margin towards the other class.
-    for method in ("prune_by_class", "prune_by_noise_rate", "confident_joint"):
+    for method in confident.METHODS:
         assert sorted(confident.find_label_issues(probs, labels, method).rows.tolist()) == [2, 4], method
     issues = confident.find_label_issues(probs, labels)
     assert sorted(issues.rows.tolist()) == [2, 4] and issues.suggested[2] == 1 and issues.suggested[4] == 0
     assert issues.error_rate == pytest.approx(1 / 3 * 3 / 5 + 1 / 2 * 2 / 5)
+
+
+def test_margin_count_flags_the_estimated_number_of_lowest_margins_across_classes():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 400)
+    probs = rng.dirichlet(np.ones(4) * 0.3, 400)
+    probs[np.arange(400), labels] += 1.0
+    probs /= probs.sum(1, keepdims=True)
+    wrong = rng.choice(400, 40, replace=False)
+    labels[wrong] = (labels[wrong] + rng.integers(1, 4, 40)) % 4  # 10% of the labels flipped
+    issues = confident.find_label_issues(probs, labels, "margin_count")
+    count = int(round(400 * issues.error_rate))
+    assert count > 0 and len(issues.rows) == count
+    assert set(issues.rows.tolist()) == set(np.argsort(issues.margin, kind="stable")[:count].tolist())
+    assert (np.diff(issues.margin[issues.rows]) >= 0).all()  # most likely wrong first
+    by_class = confident.find_label_issues(probs, labels, "prune_by_class")
+    assert set(by_class.rows.tolist()) != set(issues.rows.tolist())  # a rule of its own, not a renamed filter
 
 
 def test_neighbours_are_flip_invariant_and_batched(monkeypatch):
