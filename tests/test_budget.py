@@ -59,6 +59,9 @@ def test_a_fine_tune_needs_a_pilot_and_gets_the_epochs_that_fit():
     assert worse.chosen.freeze == "backbone"
     noflip = choose([row], SIZES, left=300, budget=400, spent=60, fixed=FIXED, pilots={("m", 96, 6): {"clean": 0.05}}, flip=False)
     assert noflip.chosen.augment == "none"
+    sure = ranked("s", 96, 0.97, 0.90, engine=2000, back=500)  # 97% + a 5-point gain is not 102%
+    capped = choose([sure], SIZES, left=300, budget=400, spent=60, fixed=FIXED, pilots={("s", 96, 6): {"clean": 0.05}})
+    assert capped.chosen.freeze == "6" and capped.chosen.expected == 1.0
 
 
 def test_a_budget_too_small_names_the_smallest_that_fits():
@@ -133,7 +136,8 @@ def test_budget_command_plans_trains_and_records_the_plan(tmp_path, capsys):
     assert plan["measured"]["top1"] == record["metrics"]["top1"]
     assert chosen["seconds"] * SAFETY <= plan["budget_s"] - plan["spent_before_training_s"]
     assert "digits" not in plan["pilot"] or "flip" not in json.dumps(chosen)  # digits: never flipped
-    assert "Plan" in (out / "report.html").read_text()
+    assert plan["tta"]["chosen"] == "none" and "never flipped" in plan["tta"]["why"]  # digits
+    assert "Plan" in (out / "report.html").read_text() and "Test-time augmentation: none" in (out / "report.html").read_text()
 
 
 def test_a_budget_too_small_is_one_line_and_exit_2(tmp_path, capsys):
@@ -184,3 +188,56 @@ def test_time_the_plan_leaves_ranks_the_candidates_the_first_round_skipped(monke
     assert calls == [([large], 100, [(small, 10.0)])]
     assert [r.model for r in merged.rows] == ["large", "small"] and merged.skipped == [] and merged.seconds == 40
     assert choose(merged.rows, SIZES, left=170, budget=300, spent=130, fixed=FIXED).chosen.model == "large"
+
+
+class _Splits:
+    def __init__(self, val: int, test: int):
+        self.val, self.test = [0] * val, [0] * test
+
+
+def _fake_eval(monkeypatch, clock: list, val: tuple, seconds_per_image: float):
+    """evaluate_run stand-in: each call advances the fake clock as scoring at that speed would."""
+    from transferkit.plan import tta
+
+    calls = []
+
+    def evaluate_run(run_dir, splits, split, tta):
+        n = len(getattr(splits, split))
+        clock[0] += 2 * n * seconds_per_image
+        calls.append(split)
+        if split == "val":
+            return {"top1": val[1], "top1_per_view": [val[0], val[0] - 0.01]}
+        return {"top1": 0.9, "top5": 1.0}
+
+    monkeypatch.setattr(tta, "evaluate_run", evaluate_run)
+    return calls
+
+
+@pytest.mark.parametrize("case, flip, left, val, calls, chosen", [
+    ("never flipped", False, 1e6, (0.8, 0.9), [], "none"),
+    ("no time", True, 10, (0.8, 0.9), [], "none"),
+    ("gains on val", True, 1e6, (0.80, 0.81), ["val", "test"], "flip"),
+    ("no gain on val", True, 1e6, (0.81, 0.81), ["val"], "none"),
+])
+def test_tta_is_measured_on_val_and_used_only_when_it_gains_and_fits(monkeypatch, case, flip, left, val, calls, chosen):
+    from transferkit.plan.tta import decide_tta
+
+    clock = [0.0]
+    made = _fake_eval(monkeypatch, clock, val, seconds_per_image=0.001)
+    got = decide_tta("run", _Splits(1000, 2000), flip, deadline=left, rate=1000, start=1, clock=lambda: clock[0])
+    assert made == calls and got["chosen"] == chosen, (case, got)
+    assert clock[0] <= left  # never past the deadline
+    if chosen == "flip":
+        assert got["test_top1"] == 0.9 and got["val_top1_tta"] > got["val_top1"]
+
+
+def test_tta_on_test_is_skipped_when_val_shows_it_would_not_fit(monkeypatch):
+    from transferkit.plan.tta import decide_tta
+
+    clock = [0.0]
+    # Scoring runs 10x slower than the backbone's speed predicted: val fits (the first check allows
+    # twice the prediction), and the measured speed says test would not.
+    made = _fake_eval(monkeypatch, clock, (0.80, 0.82), seconds_per_image=0.01)
+    got = decide_tta("run", _Splits(100, 2000), True, deadline=30, rate=1000, start=1, clock=lambda: clock[0])
+    assert made == ["val"] and got["chosen"] == "none" and "more than is left" in got["why"]
+    assert clock[0] <= 30

@@ -12,8 +12,9 @@ The clock starts when the command does. A stated share of the budget goes to mea
 
 The planner then picks the recipe with the highest expected accuracy that fits in what is left,
 and ``train`` runs it with a deadline (no epoch starts that would end past the budget, minus the
-measured time the finish takes) and early stopping. run.json and report.html keep the plan: every
-alternative with its expected accuracy and predicted time, why the winner won, what it measured.
+measured time the finish takes) and early stopping. Test-time augmentation is decided last, on the
+validation split, with the time the run leaves (tta.py). run.json and report.html keep the plan:
+every alternative with its expected accuracy and predicted time, why the winner won, what it measured.
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ from transferkit.plan import costs
 from transferkit.plan.planner import MIN_EPOCHS, SAFETY, Sizes, choose, format_seconds
 from transferkit.plan.rank import DEFAULT_SIZES, candidates_for, offline_models, rank, sample_splits
 from transferkit.plan.shift import CORRUPTIONS, SEVERITY
+from transferkit.plan.tta import decide_tta
+from transferkit.runs.report import write_report
+from transferkit.runs.rundir import read_run, write_run
 from transferkit.runs.shift import corruption_eval
 from transferkit.train.setup import limit_training_images
 from transferkit.train.trainer import TimeLimit, train
@@ -121,6 +125,19 @@ def second_round(cfg: TrainConfig, splits: DataSplits, candidates: list, ranked,
                               measured=ranked.timed))
 
 
+def _record_tta(run_dir: str, tta: dict) -> None:
+    """run.json's plan (and the report) with what test-time augmentation did."""
+    run = read_run(run_dir)
+    if "plan" not in run:
+        return
+    run["plan"]["tta"] = tta
+    run["plan"]["chosen"]["tta"] = tta["chosen"]
+    if "test_top1" in tta:
+        run["plan"].setdefault("measured", {})["top1_tta"] = tta["test_top1"]
+    write_run(run_dir, run)
+    write_report(run_dir)
+
+
 def plan_and_train(cfg: TrainConfig, budget: float, models: list[str] | None = None, sizes: list[int] | None = None,
                    splits: DataSplits | None = None, clock: Callable[[], float] = time.monotonic,
                    robust: float = 0.0) -> dict:
@@ -169,6 +186,13 @@ def plan_and_train(cfg: TrainConfig, budget: float, models: list[str] | None = N
     settings = replace(cfg, **chosen.settings())
     limit = TimeLimit(deadline - fixed.finish, clock, PATIENCE)
     result = train(settings, splits=splits, limit=limit, plan=record)
+    rate = next(r.engine_rate for r in ranked.rows if (r.model, r.size) == (chosen.model, chosen.size))
+    record["tta"] = decide_tta(result["run_dir"], splits, flip, deadline, rate, fixed.start, clock)
+    log(f"plan: test-time augmentation {record['tta']['chosen']}: {record['tta']['why']}")
+    if "test_top1" in record["tta"]:
+        result["metrics"] = dict(result["metrics"], top1=record["tta"]["test_top1"], top5=record["tta"]["test_top5"],
+                                 tta=["flip"])
+    _record_tta(result["run_dir"], record["tta"])
     result["plan"] = record
     result["seconds"] = clock() - t0
     log(f"budget: {format_seconds(result['seconds'])} of {format_seconds(budget)} used")

@@ -103,10 +103,10 @@ def finetune_recipes(rows, pilots: dict, sizes: Sizes, fixed: costs.Fixed, left:
             gains = pilots.get((r.model, r.size, cut))
             if gains is None:
                 continue
-            clean = r.heads["linear"] + gains["clean"]
+            clean = min(1.0, r.heads["linear"] + gains["clean"])  # an accuracy: 96% + a 5-point gain is not 101%
             expected, why = clean, f"linear head {r.heads['linear']:.2%} + the pilot's gain {gains['clean']:+.2%}"
             if robust and "robust" in gains and "linear" in r.robust:
-                shifted = r.robust["linear"] + gains["robust"]
+                shifted = min(1.0, r.robust["linear"] + gains["robust"])
                 expected = (1 - robust) * clean + robust * shifted
                 why += f"; under corruptions {r.robust['linear']:.2%} {gains['robust']:+.2%}, weight {robust:g}"
             views = 2 if flip else 1

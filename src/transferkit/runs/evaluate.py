@@ -151,7 +151,9 @@ def _evaluate_run(run_dir, data, split, device, batch_size, progress, max_pixels
     result = score_log_probs(held_out if held_out is not None else calibrated, log_probabilities(per_view), target,
                              classes, temperature, ranking=per_view[0] if len(per_view) == 1 else calibrated)
     result.update({"split": split, "data": spec, "run": str(run_dir), "tta": list(kinds),
-                   "calibration_scored": "cross-fitted" if fitted_here else "held out"})
+                   "calibration_scored": "cross-fitted" if fitted_here else "held out",
+                   # each view alone (the first: the plain images), from the same pass: what TTA adds
+                   "top1_per_view": [float((v.argmax(1) == target).float().mean()) for v in per_view]})
     if not dist.is_main():
         return result
     probs, uncalibrated = average_probabilities(per_view, temperature), average_probabilities(per_view)

@@ -31,6 +31,10 @@ def plan_section(run: dict) -> str:
     ranked = plan.get("rank", {})
     reasons = "".join(f"<li>{_e(line)}</li>" for line in plan.get("reasons", []))
     stopped = f"<p class=note>Training stopped {_e(plan['stopped'])}.</p>" if plan.get("stopped") else ""
+    tta = plan.get("tta")
+    if tta:
+        stopped += f"<p class=note>Test-time augmentation: {_e(tta.get('chosen'))} ({_e(tta.get('why'))})" + (
+            f"; test top-1 with it {tta['test_top1']:.2%}" if "test_top1" in tta else "") + ".</p>"
     return (f"<h2>Plan</h2><p class=sub>Chosen by <code>train --budget</code> in "
             f"{_seconds(plan.get('spent_before_training_s'))} of a {_seconds(plan.get('budget_s'))} budget: "
             f"{len(ranked.get('rows', []))} candidates ranked on {ranked.get('sample', '?')} images "
