@@ -149,5 +149,4 @@ def run_audit(cfg, splits: DataSplits, device: torch.device | None = None, progr
     findings, groups, issues, more = audit_table(table, splits.classes, threshold, cfg.seed, progress, margin)
     seconds.update(more, total=time.perf_counter() - start)
     return Audit(splits.spec, cfg.model, list(splits.classes), table, findings, groups, issues, threshold, margin,
-                 seconds,
-                 data.sets)
+                 seconds, data.sets)

@@ -64,10 +64,10 @@ def read_from(sources: list, which, rows) -> np.ndarray:
     out = np.empty((len(rows), *first.shape), dtype=first.dtype)
     if not len(rows):
         return out
-    for i, source in enumerate(sources):
-        mine = rows[which == i] if len(sources) > 1 else rows
-        if len(mine) and (mine.min() < 0 or mine.max() >= source.n):
-            raise IndexError(f"record index out of range 0..{source.n - 1}")
+    limits = np.array([source.n for source in sources])[which]  # each row's own file's length
+    bad = np.flatnonzero((rows < 0) | (rows >= limits))
+    if len(bad):
+        raise IndexError(f"record index out of range 0..{limits[bad[0]] - 1}")
     flat = out.reshape(len(rows), -1).view(np.uint8)
     # Consecutive rows of one file (in the order asked) are one read: sequential passes cost few calls.
     breaks = (np.diff(rows, prepend=rows[0] - 2) != 1) | (np.diff(which, prepend=which[0]) != 0)
